@@ -1,0 +1,1 @@
+"""Variants (the public model ids), adapter validation, and later the adapter registry."""

@@ -1,0 +1,90 @@
+"""The variant catalogue: which public model ids exist and how each one tutors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCAFFOLDING = ("recast", "elicitation", "expansion", "metalinguistic")
+LEVELS = ("beginner", "intermediate", "advanced")
+
+
+class CatalogueError(ValueError):
+    """The catalogue file is malformed; raised at start-up, never per request."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    language: str
+    learner: str
+    description: str
+    persona: str
+    adapter: Path | None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    scaffolding_hints: Mapping[str, str] = field(default_factory=dict)
+    level_hints: Mapping[str, str] = field(default_factory=dict)
+
+    def system_prompt(
+        self, scaffolding: str | None = None, level: str | None = None, client: str = ""
+    ) -> str:
+        """Persona, then the requested adjustments, then the client's own system message."""
+        parts = [self.persona.strip()]
+        if level:
+            parts.append(self.level_hints[level])
+        if scaffolding:
+            parts.append(self.scaffolding_hints[scaffolding])
+        if client.strip():
+            parts.append(client.strip())
+        return "\n\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    variants: Mapping[str, Variant]
+
+    @classmethod
+    def load(cls, path: Path, adapter_overrides: Mapping[str, str] | None = None) -> Catalogue:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise CatalogueError(f"cannot read catalogue {path}: {exc}") from exc
+        return cls.from_dict(raw, base_dir=Path(path).parent, overrides=adapter_overrides or {})
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, base_dir: Path, overrides: Mapping[str, str]) -> Catalogue:
+        if not isinstance(raw, dict) or not isinstance(raw.get("variants"), dict):
+            raise CatalogueError("catalogue needs a 'variants' mapping")
+        languages = raw.get("languages") or {}
+        unknown = set(overrides) - set(raw["variants"])
+        if unknown:
+            raise CatalogueError(f"adapter overrides name unknown variants: {sorted(unknown)}")
+        variants = {}
+        for vid, spec in raw["variants"].items():
+            lang = spec.get("language")
+            hints = languages.get(lang) or {}
+            scaffolding = hints.get("scaffolding") or {}
+            levels = hints.get("level") or {}
+            missing = [m for m in SCAFFOLDING if m not in scaffolding]
+            missing += [lv for lv in LEVELS if lv not in levels]
+            if missing:
+                raise CatalogueError(f"language {lang!r} of {vid} lacks hints for {missing}")
+            if not spec.get("persona"):
+                raise CatalogueError(f"variant {vid} has no persona")
+            adapter = overrides.get(vid, spec.get("adapter"))
+            variants[vid] = Variant(
+                id=vid,
+                language=lang,
+                learner=spec.get("learner", "general"),
+                description=spec.get("description", ""),
+                persona=spec["persona"],
+                adapter=(base_dir / adapter).resolve() if adapter else None,
+                defaults=dict(spec.get("defaults") or {}),
+                scaffolding_hints=scaffolding,
+                level_hints=levels,
+            )
+        return cls(variants)

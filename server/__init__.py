@@ -1,0 +1,1 @@
+"""The tutor gateway: an OpenAI-compatible API in front of a pluggable generation engine."""

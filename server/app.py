@@ -1,0 +1,64 @@
+"""App factory. The lifespan owns start-up (engine, adapters) and shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from adapters.variants import Catalogue
+from server.engines import Engine, build_engine
+from server.errors import install_error_handlers
+from server.metrics import Metrics
+from server.model_store import resolve_model
+from server.routes import chat, health, models
+from server.serving import ChatService
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def base_identity(settings: Settings) -> tuple[str, str]:
+    """(public id, source) of the base model. Upstream model names are taken as they are."""
+    if settings.engine == "openai":
+        return settings.served_model_name or settings.model, settings.model
+    resolved = resolve_model(settings.model, settings.home, settings.served_model_name)
+    return resolved.public_id, resolved.source
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """Build the gateway. Pass ``engine`` to inject one; otherwise settings choose it."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalogue = Catalogue.load(settings.catalogue, settings.adapters)
+        base_id, base_source = base_identity(settings)
+        eng = engine or build_engine(settings)
+        await eng.start()
+        try:
+            service = ChatService(
+                settings,
+                eng,
+                catalogue,
+                base_id=base_id,
+                base_source=base_source,
+                metrics=Metrics(),
+            )
+            await service.load_adapters()
+            app.state.service = service
+            log.info("tutor serving %s with the %s engine", base_id, eng.name)
+            yield
+        finally:
+            app.state.service = None
+            await eng.aclose()
+
+    app = FastAPI(title="Tutor", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = None
+    install_error_handlers(app)
+    for router in (chat.router, models.router, health.router):
+        app.include_router(router)
+    return app

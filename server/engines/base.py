@@ -1,0 +1,76 @@
+"""The small interface every engine implements.
+
+Engines know how to generate text. They know nothing of HTTP, personas or variants: the serving
+layer hands them finished chat messages, sampling parameters and an already validated adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A validated adapter version. ``name`` is immutable: one name, one set of weights."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: list[dict[str, str]]
+    params: SamplingParams
+    adapter: AdapterRef | None = None
+    upstream_model: str | None = None  # only engines that forward to another server use it
+
+
+@dataclass
+class TextDelta:
+    """One step of a generation: new text, and on the last step the finish reason and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """Generates chat completions, optionally through a LoRA adapter."""
+
+    name: str = "engine"
+    max_lora_rank: int = 64
+
+    async def start(self) -> None:
+        """Load models or connect; called once by the app's lifespan."""
+
+    async def aclose(self) -> None:
+        """Release everything ``start`` acquired."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
+        """Stream deltas; the last one carries ``finish_reason`` ("stop" or "length")."""
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Make ``adapter`` available; engines without local adapters ignore it."""
+
+    async def unload_adapter(self, name: str) -> None:
+        """Forget an adapter; engines without local adapters ignore it."""
+
+    @abstractmethod
+    async def health(self) -> dict[str, Any]:
+        """A small status dict; raises EngineUnavailable when the engine cannot serve."""

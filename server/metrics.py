@@ -1,0 +1,45 @@
+"""Prometheus metrics, one registry per app so several apps can share a process (tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tutor_requests",
+            "Chat requests by variant and outcome",
+            ["variant", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "tutor_request_latency_seconds",
+            "Time to the last token",
+            ["variant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tutor_time_to_first_token_seconds",
+            "Time to the first token",
+            ["variant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tutor_tokens",
+            "Tokens by variant and kind (prompt/completion)",
+            ["variant", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "tutor_requests_in_flight", "Chat requests being generated", ["variant"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

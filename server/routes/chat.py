@@ -1,0 +1,34 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.protocol import ChatCompletion, ChatCompletionRequest
+from server.routes.deps import ServiceDep
+from server.streaming import collect, sse_stream
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def create_chat_completion(body: ChatCompletionRequest, service: ServiceDep):
+    target, gen_request = service.prepare(body)
+    deltas = service.generate(target, gen_request)
+    # Wait for the first delta before answering: an engine that is down or a bad adapter still
+    # gets a real HTTP status instead of an error hidden inside a 200 stream.
+    try:
+        first = await anext(deltas)
+    except BaseException:
+        await deltas.aclose()
+        raise
+    headers = {"x-tutor-variant": target.model_id, "x-tutor-adapter": target.adapter_label}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            sse_stream(first, deltas, model=body.model, include_usage=include_usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return JSONResponse(await collect(first, deltas, model=body.model), headers=headers)

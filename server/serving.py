@@ -1,0 +1,169 @@
+"""Tutor logic between the HTTP routes and the engine.
+
+Here a public model id becomes a variant (persona, adapter, defaults), the request becomes chat
+messages and sampling parameters, and the engine's deltas are counted for metrics. Streaming and
+non-streaming replies both come from ``ChatService.generate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from adapters.validation import AdapterValidationError, validate_adapter
+from adapters.variants import Catalogue, Variant
+from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
+from server.errors import InvalidAdapter, InvalidRequest, ModelNotFound
+from server.metrics import Metrics
+from server.protocol import ChatCompletionRequest
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_DEFAULTS = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 256}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a public model id resolves to for one request."""
+
+    model_id: str
+    variant: Variant | None  # None: the bare base model, no persona
+    adapter: AdapterRef | None
+    upstream_model: str | None
+
+    @property
+    def adapter_label(self) -> str:
+        if self.adapter is not None:
+            return self.adapter.name
+        return self.upstream_model or "base"
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        catalogue: Catalogue,
+        *,
+        base_id: str,
+        base_source: str,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.catalogue = catalogue
+        self.base_id = base_id
+        self.base_source = base_source
+        self.metrics = metrics
+        self.created = int(time.time())
+        self._adapters: dict[str, AdapterRef] = {}  # variant id -> validated adapter
+
+    # -- start-up --------------------------------------------------------------------------
+    async def load_adapters(self) -> None:
+        """Validate every configured adapter and hand it to the engine, before serving."""
+        if self.settings.engine == "openai":
+            return  # the upstream owns its adapters; variants map to its model names
+        for variant in self.catalogue.variants.values():
+            if variant.adapter is None:
+                continue
+            try:
+                info = validate_adapter(
+                    variant.adapter, base_model=self.base_source, max_rank=self.engine.max_lora_rank
+                )
+            except AdapterValidationError as exc:
+                raise InvalidAdapter(f"variant {variant.id}: {exc}") from exc
+            ref = AdapterRef(name=info.path.name, path=info.path)
+            await self.engine.load_adapter(ref)
+            self._adapters[variant.id] = ref
+
+    # -- per request -----------------------------------------------------------------------
+    def resolve(self, model_id: str) -> Target:
+        if model_id == self.base_id:
+            return Target(model_id, None, None, None)
+        variant = self.catalogue.variants.get(model_id)
+        if variant is None:
+            raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+        upstream = self.settings.upstream_models.get(model_id)
+        return Target(model_id, variant, self._adapters.get(model_id), upstream)
+
+    def prepare(self, req: ChatCompletionRequest) -> tuple[Target, GenerationRequest]:
+        if req.n is not None and req.n > 1:
+            raise InvalidRequest("n > 1 is not supported: ask for one reply at a time", param="n")
+        target = self.resolve(req.model)
+        messages = self._messages(target.variant, req)
+        defaults = {**BASE_DEFAULTS, **(target.variant.defaults if target.variant else {})}
+        max_tokens = req.max_completion_tokens or req.max_tokens or int(defaults["max_tokens"])
+        if max_tokens > self.settings.max_context:
+            raise InvalidRequest(
+                f"max_tokens={max_tokens} exceeds the context window of "
+                f"{self.settings.max_context} tokens",
+                param="max_completion_tokens" if req.max_completion_tokens else "max_tokens",
+            )
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature if req.temperature is not None else defaults["temperature"],
+            top_p=req.top_p if req.top_p is not None else defaults["top_p"],
+            stop=tuple(req.stop or ()),
+            seed=req.seed,
+        )
+        return target, GenerationRequest(
+            messages=messages,
+            params=params,
+            adapter=target.adapter,
+            upstream_model=target.upstream_model,
+        )
+
+    @staticmethod
+    def _messages(variant: Variant | None, req: ChatCompletionRequest) -> list[dict[str, str]]:
+        """The persona comes first; a client's own system message is kept right after it."""
+        client_system = [m.text() for m in req.messages if m.role in ("system", "developer")]
+        turns = [
+            {"role": m.role, "content": m.text()}
+            for m in req.messages
+            if m.role in ("user", "assistant")
+        ]
+        if not any(t["role"] == "user" for t in turns):
+            raise InvalidRequest(
+                "messages must contain at least one user message", param="messages"
+            )
+        for i, m in enumerate(req.messages):
+            if isinstance(m.content, list) and any(p.type != "text" for p in m.content):
+                raise InvalidRequest(
+                    "only text content parts are supported", param=f"messages.{i}.content"
+                )
+        if variant is None:
+            system = "\n\n".join(s for s in client_system if s.strip())
+        else:
+            system = variant.system_prompt(req.scaffolding, req.level, "\n\n".join(client_system))
+        return ([{"role": "system", "content": system}] if system else []) + turns
+
+    async def generate(
+        self, target: Target, request: GenerationRequest
+    ) -> AsyncIterator[TextDelta]:
+        """The engine's deltas, timed and counted; the single path for every reply."""
+        m, label = self.metrics, target.model_id
+        start = time.perf_counter()
+        first = True
+        status = "error"
+        m.in_flight.labels(label).inc()
+        try:
+            async for delta in self.engine.generate(request):
+                if first:
+                    m.ttft.labels(label).observe(time.perf_counter() - start)
+                    first = False
+                if delta.finish_reason is not None:
+                    m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)
+                    m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
+                    status = "ok"
+                yield delta
+        except GeneratorExit:  # the consumer stopped early: a client that went away
+            if status != "ok":
+                status = "cancelled"
+            raise
+        finally:
+            m.in_flight.labels(label).dec()
+            m.requests.labels(label, status).inc()
+            m.latency.labels(label).observe(time.perf_counter() - start)

@@ -1,0 +1,62 @@
+"""One settings object for the whole service, read from ``TUTOR_*`` variables.
+
+It is injected (``SettingsDep``) rather than imported as a global, so tests build an app with
+their own settings and several apps can live in one process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent / "adapters" / "catalogue.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUTOR_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.cache/tutor").expanduser(),
+        description="Cache for prepared models, adapters and generated data.",
+    )
+    model: str = Field(
+        default="smollm2-135m-instruct",
+        description="Base model: a preset name, a local folder, or a Hugging Face hub id.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Public id of the base model; derived from `model` if unset."
+    )
+    engine: Literal["transformers", "openai"] = "transformers"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    catalogue: Path = Field(default=DEFAULT_CATALOGUE, description="Variant catalogue (YAML).")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-variant adapter folder overrides, e.g. {"tutor": "/path/to/peft"}.',
+    )
+    upstream_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="openai engine: variant or adapter name -> upstream model name.",
+    )
+
+    upstream_url: str | None = Field(
+        default=None, description="openai engine: base URL of the upstream, e.g. .../v1."
+    )
+    upstream_api_key: str = "none"
+    upstream_timeout: float = 120.0
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    max_lora_rank: int = 64
+    max_context: int = 4096
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,255 @@
+"""The OpenAI-compatible API, driven by the official openai client against real uvicorn."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from server.app import create_app
+from tests.support import running_server
+
+VARIANTS = {"tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2"}
+LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
+
+
+@pytest.fixture(scope="module")
+def server(tutor_home, tiny_path):
+    from server.settings import Settings
+
+    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
+    with running_server(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_list_and_get_models(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert VARIANTS | {"tiny-qwen3"} == set(models)
+    for vid in VARIANTS:
+        assert models[vid].object == "model"
+        assert models[vid].owned_by == "tutor"
+        assert models[vid].created > 0
+        assert models[vid].model_extra["parent"] == "tiny-qwen3"
+    assert client.models.retrieve("tutor-zh-l2").id == "tutor-zh-l2"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_non_streaming_chat_has_usage_and_headers(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="tutor", messages=LEARNER, max_tokens=8, temperature=0
+    )
+    assert raw.headers["x-tutor-variant"] == "tutor"
+    assert raw.headers["x-tutor-adapter"] == "base"
+    reply = raw.parse()
+    assert reply.object == "chat.completion"
+    assert reply.model == "tutor"
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 20  # the persona is in the prompt
+    assert 1 <= reply.usage.completion_tokens <= 8
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_max_tokens_gives_length_and_completion_tokens_alias(client):
+    for kwargs in ({"max_tokens": 3}, {"max_completion_tokens": 3}):
+        reply = client.chat.completions.create(
+            model="tutor", messages=LEARNER, temperature=0, **kwargs
+        )
+        # the random tiny model never emits end-of-turn this early at temperature 0
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.usage.completion_tokens == 3
+
+
+def test_streaming_matches_non_streaming_and_ends_with_usage(client):
+    args = dict(model="tutor-es-l2", messages=LEARNER, max_tokens=12, temperature=0)
+    whole = client.chat.completions.create(**args)
+    chunks = list(
+        client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True})
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finishing] == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_wire_format_ends_with_done(server):
+    body = {"model": "tutor", "messages": LEARNER, "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    assert all("choices" in json.loads(line[6:]) for line in lines[:-1])
+
+
+def test_stop_sequence_is_honoured(client):
+    # sampling with a seed gives the random tiny model varied, repeatable text to cut
+    args = dict(model="tutor", messages=LEARNER, max_tokens=24, temperature=1.0, seed=7)
+    free = client.chat.completions.create(**args).choices[0].message.content
+    words = free.split()
+    assert len(words) >= 3, free
+    stop = words[len(words) // 2][:3]
+    cut = client.chat.completions.create(**args, stop=[stop, "never-present-stop"])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == free[: free.index(stop)]
+
+
+def test_seed_makes_sampling_repeatable(client):
+    args = dict(model="tutor", messages=LEARNER, max_tokens=12, temperature=1.0, seed=1234)
+    a = client.chat.completions.create(**args).choices[0].message.content
+    b = client.chat.completions.create(**args).choices[0].message.content
+    assert a == b
+
+
+def test_unknown_model_is_404_in_openai_shape(client, server):
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="tutor-fr", messages=LEARNER)
+    assert exc.value.body["code"] == "model_not_found"
+    r = httpx.post(f"{server}/v1/chat/completions", json={"model": "tutor-fr", "messages": LEARNER})
+    assert r.status_code == 404
+    assert error_of(r)["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (json.dumps({"model": "tutor"}).encode(), "messages"),
+        (json.dumps({"model": "tutor", "messages": []}).encode(), "messages"),
+        (
+            json.dumps({"model": "tutor", "messages": LEARNER, "temperature": "hot"}).encode(),
+            "temperature",
+        ),
+        (
+            json.dumps({"model": "tutor", "messages": LEARNER, "max_tokens": 0}).encode(),
+            "max_tokens",
+        ),
+        (json.dumps({"model": "tutor", "messages": LEARNER, "n": 2}).encode(), "n"),
+        (
+            json.dumps({"model": "tutor", "messages": LEARNER, "scaffolding": "lecture"}).encode(),
+            "scaffolding",
+        ),
+        (
+            json.dumps(
+                {"model": "tutor", "messages": [{"role": "wizard", "content": "hi"}]}
+            ).encode(),
+            "messages.0.role",
+        ),
+        (
+            json.dumps(
+                {"model": "tutor", "messages": [{"role": "system", "content": "hi"}]}
+            ).encode(),
+            "messages",
+        ),
+    ],
+)
+def test_bad_requests_get_400_in_openai_shape(server, content, param):
+    r = httpx.post(
+        f"{server}/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert err["type"] == "invalid_request_error"
+    if param is not None:
+        assert err["param"] == param
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_n_above_one_is_refused_by_the_client_too(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="tutor", messages=LEARNER, n=2)
+    assert "n > 1" in exc.value.body["message"]
+
+
+def test_unknown_fields_and_tools_are_ignored(client):
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    reply = client.chat.completions.create(
+        model="tutor",
+        messages=LEARNER,
+        max_tokens=4,
+        tools=tools,
+        extra_body={
+            "params": {"function_calling": "native"},
+            "chat_id": "abc",
+            "scaffolding": "recast",
+            "level": "beginner",
+        },
+    )
+    assert reply.choices[0].message.content is not None
+    assert reply.usage.completion_tokens >= 1
+
+
+def test_scaffolding_and_level_change_the_prompt(client):
+    plain = client.chat.completions.create(model="tutor", messages=LEARNER, max_tokens=1)
+    adjusted = client.chat.completions.create(
+        model="tutor",
+        messages=LEARNER,
+        max_tokens=1,
+        extra_body={"scaffolding": "elicitation", "level": "advanced"},
+    )
+    with_system = client.chat.completions.create(
+        model="tutor",
+        max_tokens=1,
+        messages=[{"role": "system", "content": "Talk about football."}, *LEARNER],
+    )
+    assert adjusted.usage.prompt_tokens > plain.usage.prompt_tokens
+    assert with_system.usage.prompt_tokens > plain.usage.prompt_tokens
+    base = client.chat.completions.create(model="tiny-qwen3", messages=LEARNER, max_tokens=1)
+    assert base.usage.prompt_tokens < plain.usage.prompt_tokens  # no persona on the base id
+
+
+def test_content_parts_are_read_as_text(client):
+    parts = [{"type": "text", "text": "Yesterday I go "}, {"type": "text", "text": "to the store."}]
+    a = client.chat.completions.create(
+        model="tutor", messages=[{"role": "user", "content": parts}], max_tokens=6, temperature=0
+    )
+    b = client.chat.completions.create(model="tutor", messages=LEARNER, max_tokens=6, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_health_and_metrics(server, client):
+    client.chat.completions.create(model="tutor-zh-heritage", messages=LEARNER, max_tokens=2)
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok"
+    assert health["engine"] == "transformers"
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'tutor_requests_total{status="ok",variant="tutor-zh-heritage"}' in metrics
+    assert 'tutor_tokens_total{kind="completion",variant="tutor-zh-heritage"} 2.0' in metrics
+    assert "tutor_request_latency_seconds_bucket" in metrics
+    assert "tutor_time_to_first_token_seconds_count" in metrics
+
+
+def test_unknown_route_is_openai_shaped(server):
+    r = httpx.get(f"{server}/v1/nothing-here")
+    assert r.status_code == 404
+    error_of(r)

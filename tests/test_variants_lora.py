@@ -1,0 +1,106 @@
+"""Per-request variant switching over real PEFT adapters, checked against PEFT itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from adapters.variants import Catalogue
+from server.app import create_app
+from server.settings import DEFAULT_CATALOGUE, Settings
+from tests.support import peft_reference, running_server
+
+LEARNER = [{"role": "user", "content": "Ayer yo voy a la playa con mi amigos."}]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def lora_server(tutor_home, tiny_path, tiny_adapters):
+    settings = Settings(
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="transformers",
+        adapters={"tutor-es-l2": str(tiny_adapters["es"]), "tutor-zh-l2": str(tiny_adapters["zh"])},
+    )
+    with running_server(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_path, tiny_adapters) -> dict[str, str]:
+    """PEFT's own greedy replies, with the persona each variant puts in front."""
+    catalogue = Catalogue.load(DEFAULT_CATALOGUE)
+    out = {}
+    for variant, adapter in (
+        ("tutor", None),
+        ("tutor-es-l2", tiny_adapters["es"]),
+        ("tutor-zh-l2", tiny_adapters["zh"]),
+    ):
+        system = catalogue.variants[variant].system_prompt()
+        messages = [{"role": "system", "content": system}, *LEARNER]
+        out[variant] = peft_reference(tiny_path, adapter, messages, MAX_TOKENS)
+    return out
+
+
+def test_each_variant_equals_peft_and_differs(lora_server, expected):
+    client = openai.OpenAI(base_url=f"{lora_server}/v1", api_key="x", max_retries=0)
+    got, adapters = {}, {}
+    for variant in expected:
+        raw = client.chat.completions.with_raw_response.create(
+            model=variant, messages=LEARNER, max_tokens=MAX_TOKENS, temperature=0
+        )
+        got[variant] = raw.parse().choices[0].message.content
+        adapters[variant] = raw.headers["x-tutor-adapter"]
+    assert got == expected
+    assert len(set(got.values())) == 3, got  # the adapters really change the output
+    assert adapters == {
+        "tutor": "base",
+        "tutor-es-l2": "tutor-es-l2@1",
+        "tutor-zh-l2": "tutor-zh-l2@1",
+    }
+
+
+def test_concurrent_requests_each_get_their_own_adapter(lora_server, expected):
+    async def main() -> list[tuple[str, str, str]]:
+        client = openai.AsyncOpenAI(base_url=f"{lora_server}/v1", api_key="x", max_retries=0)
+
+        async def one(variant: str, stream: bool) -> tuple[str, str, str]:
+            if stream:
+                parts = []
+                async for chunk in await client.chat.completions.create(
+                    model=variant,
+                    messages=LEARNER,
+                    max_tokens=MAX_TOKENS,
+                    temperature=0,
+                    stream=True,
+                ):
+                    if chunk.choices:
+                        parts.append(chunk.choices[0].delta.content or "")
+                return variant, "".join(parts), "stream"
+            raw = await client.chat.completions.with_raw_response.create(
+                model=variant, messages=LEARNER, max_tokens=MAX_TOKENS, temperature=0
+            )
+            return variant, raw.parse().choices[0].message.content, raw.headers["x-tutor-adapter"]
+
+        jobs = [one(v, i % 2 == 0) for i, v in enumerate(list(expected) * 4)]
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(main())
+    assert len(results) == 12
+    for variant, text, _ in results:
+        assert text == expected[variant], variant
+    headers = {(v, h) for v, _, h in results if h != "stream"}
+    assert headers == {
+        ("tutor", "base"),
+        ("tutor-es-l2", "tutor-es-l2@1"),
+        ("tutor-zh-l2", "tutor-zh-l2@1"),
+    }
+
+
+def test_models_list_shows_the_adapter_each_variant_uses(lora_server):
+    client = openai.OpenAI(base_url=f"{lora_server}/v1", api_key="x", max_retries=0)
+    meta = {m.id: m.model_extra.get("metadata") for m in client.models.list().data}
+    assert meta["tutor-es-l2"]["adapter"] == "tutor-es-l2@1"
+    assert meta["tutor"]["adapter"] == "base"
