@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,23 @@ def base_identity(settings: Settings) -> tuple[str, str]:
         return settings.served_model_name or settings.model, settings.model
     resolved = resolve_model(settings.model, settings.home, settings.served_model_name)
     return resolved.public_id, resolved.source
+
+
+class CollapseSlashes:
+    """ASGI middleware: ``/v1//models`` is ``/v1/models``.
+
+    Clients configured with a base URL ending in a slash (``http://host/v1/``) join paths into
+    double slashes; they should still reach the API.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and "//" in scope["path"]:
+            path = re.sub(r"/{2,}", "/", scope["path"])
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -59,6 +77,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings = settings
     app.state.service = None
     install_error_handlers(app)
+    app.add_middleware(CollapseSlashes)
     for router in (chat.router, models.router, health.router):
         app.include_router(router)
     return app
