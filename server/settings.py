@@ -50,9 +50,34 @@ class Settings(BaseSettings):
     upstream_api_key: str = "none"
     upstream_timeout: float = 120.0
 
+    registry: Path | None = Field(
+        default=None, description="Adapter registry (SQLite); default $TUTOR_HOME/registry.sqlite."
+    )
+    adapter_dir: Path | None = Field(
+        default=None,
+        description="Where registered adapters are stored; default $TUTOR_HOME/adapters.",
+    )
+    extra_adapter_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders besides $TUTOR_HOME that adapters may be registered from.",
+    )
+
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     max_lora_rank: int = 64
     max_context: int = 4096
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry or self.home / "registry.sqlite"
+
+    @property
+    def adapter_store(self) -> Path:
+        return self.adapter_dir or self.home / "adapters"
+
+    @property
+    def adapter_roots(self) -> list[Path]:
+        """Registration copies only from here: the cache (training runs) and configured folders."""
+        return [self.home, *self.extra_adapter_roots]
 
 
 def get_settings(request: Request) -> Settings:
