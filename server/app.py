@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from adapters.registry import Registry
 from adapters.variants import Catalogue
 from server.engines import Engine, build_engine
 from server.errors import install_error_handlers
@@ -64,11 +65,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 base_id=base_id,
                 base_source=base_source,
                 metrics=Metrics(),
+                registry=Registry.from_settings(settings),
             )
-            await service.load_adapters()
+            await service.start()
             app.state.service = service
             log.info("tutor serving %s with the %s engine", base_id, eng.name)
-            yield
+            try:
+                yield
+            finally:
+                await service.aclose()
         finally:
             app.state.service = None
             await eng.aclose()

@@ -41,5 +41,18 @@ class Metrics:
             "tutor_requests_in_flight", "Chat requests being generated", ["variant"], registry=r
         )
 
+        self.adapter_resident = Gauge(
+            "tutor_adapter_resident",
+            "1 while an adapter version is loaded in the engine",
+            ["adapter"],
+            registry=r,
+        )
+        self.adapter_load = Histogram(
+            "tutor_adapter_load_seconds",
+            "Cold loads of adapter versions into the engine",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

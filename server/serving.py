@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
+from adapters.registry import Registry
 from adapters.validation import AdapterValidationError, validate_adapter
 from adapters.variants import Catalogue, Variant
+from server.adapter_manager import AdapterManager
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import InvalidAdapter, InvalidRequest, ModelNotFound
 from server.metrics import Metrics
@@ -51,6 +54,7 @@ class ChatService:
         base_id: str,
         base_source: str,
         metrics: Metrics,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -58,14 +62,16 @@ class ChatService:
         self.base_id = base_id
         self.base_source = base_source
         self.metrics = metrics
+        self.registry = registry
         self.created = int(time.time())
-        self._adapters: dict[str, AdapterRef] = {}  # variant id -> validated adapter
+        self.adapters: AdapterManager | None = None  # None: the upstream owns its adapters
 
     # -- start-up --------------------------------------------------------------------------
-    async def load_adapters(self) -> None:
-        """Validate every configured adapter and hand it to the engine, before serving."""
-        if self.settings.engine == "openai":
-            return  # the upstream owns its adapters; variants map to its model names
+    async def start(self) -> None:
+        """Validate adapters fixed by configuration, then follow the registry's aliases."""
+        if self.settings.engine == "openai" or self.registry is None:
+            return
+        pinned = {}
         for variant in self.catalogue.variants.values():
             if variant.adapter is None:
                 continue
@@ -75,24 +81,43 @@ class ChatService:
                 )
             except AdapterValidationError as exc:
                 raise InvalidAdapter(f"variant {variant.id}: {exc}") from exc
-            ref = AdapterRef(name=info.path.name, path=info.path)
-            await self.engine.load_adapter(ref)
-            self._adapters[variant.id] = ref
+            pinned[variant.id] = AdapterRef(name=info.path.name, path=info.path)
+        self.adapters = AdapterManager(
+            self.engine,
+            self.registry,
+            base_model=self.base_source,
+            max_resident=self.settings.max_resident_adapters,
+            metrics=self.metrics,
+            pinned=pinned,
+            poll_interval=self.settings.registry_poll_interval,
+        )
+        await self.adapters.start()
+        for ref in list(pinned.values())[: self.settings.max_resident_adapters]:
+            async with self.adapters.use(ref):
+                pass  # preload: the first learner does not pay for the load
+
+    async def aclose(self) -> None:
+        if self.adapters is not None:
+            await self.adapters.aclose()
 
     # -- per request -----------------------------------------------------------------------
-    def resolve(self, model_id: str) -> Target:
+    async def resolve(self, model_id: str) -> Target:
         if model_id == self.base_id:
             return Target(model_id, None, None, None)
         variant = self.catalogue.variants.get(model_id)
-        if variant is None:
-            raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
-        upstream = self.settings.upstream_models.get(model_id)
-        return Target(model_id, variant, self._adapters.get(model_id), upstream)
+        if variant is not None:
+            upstream = self.settings.upstream_models.get(model_id)
+            adapter = self.adapters.current(model_id) if self.adapters else None
+            return Target(model_id, variant, adapter, upstream)
+        if "@" in model_id and self.adapters is not None:  # a registered version, by name
+            version, ref = await self.adapters.version(model_id)
+            return Target(model_id, self.catalogue.variants.get(version.variant), ref, None)
+        raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
-    def prepare(self, req: ChatCompletionRequest) -> tuple[Target, GenerationRequest]:
+    async def prepare(self, req: ChatCompletionRequest) -> tuple[Target, GenerationRequest]:
         if req.n is not None and req.n > 1:
             raise InvalidRequest("n > 1 is not supported: ask for one reply at a time", param="n")
-        target = self.resolve(req.model)
+        target = await self.resolve(req.model)
         messages = self._messages(target.variant, req)
         defaults = {**BASE_DEFAULTS, **(target.variant.defaults if target.variant else {})}
         max_tokens = req.max_completion_tokens or req.max_tokens or int(defaults["max_tokens"])
@@ -150,15 +175,18 @@ class ChatService:
         status = "error"
         m.in_flight.labels(label).inc()
         try:
-            async for delta in self.engine.generate(request):
-                if first:
-                    m.ttft.labels(label).observe(time.perf_counter() - start)
-                    first = False
-                if delta.finish_reason is not None:
-                    m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)
-                    m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
-                    status = "ok"
-                yield delta
+            async with self._holding(request.adapter) as load_s:
+                async for delta in self.engine.generate(request):
+                    if first:
+                        m.ttft.labels(label).observe(time.perf_counter() - start)
+                        first = False
+                        if load_s is not None:
+                            delta.extra["adapter_load_s"] = load_s
+                    if delta.finish_reason is not None:
+                        m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)
+                        m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
+                        status = "ok"
+                    yield delta
         except GeneratorExit:  # the consumer stopped early: a client that went away
             if status != "ok":
                 status = "cancelled"
@@ -167,3 +195,9 @@ class ChatService:
             m.in_flight.labels(label).dec()
             m.requests.labels(label, status).inc()
             m.latency.labels(label).observe(time.perf_counter() - start)
+
+    def _holding(self, adapter: AdapterRef | None) -> AbstractAsyncContextManager[float | None]:
+        """Keep the request's adapter version loaded until its last token."""
+        if adapter is None or self.adapters is None:
+            return nullcontext(None)
+        return self.adapters.use(adapter)

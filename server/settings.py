@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent / "adapters" / "catalogue.yaml"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CATALOGUE = REPO / "adapters" / "catalogue.yaml"
 
 
 class Settings(BaseSettings):
@@ -30,7 +31,11 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         default=None, description="Public id of the base model; derived from `model` if unset."
     )
-    engine: Literal["transformers", "openai"] = "transformers"
+    engine: Literal["vllm", "transformers", "openai"] = Field(
+        default="vllm",
+        description="vllm (production; managed or remote), transformers (in-process dev/test "
+        "engine) or openai (any OpenAI-compatible upstream).",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -63,7 +68,30 @@ class Settings(BaseSettings):
     )
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    max_lora_rank: int = 64
+    max_lora_rank: int = Field(default=16, description="Adapters above this rank are refused.")
+    max_resident_adapters: int = Field(
+        default=4, description="Adapter versions kept loaded in the engine (LRU beyond this)."
+    )
+    registry_poll_interval: float = Field(
+        default=1.0, description="Seconds between checks for promotions made by other processes."
+    )
+    admin_key: SecretStr | None = Field(
+        default=None, description="Bearer key for /admin; the admin API is off without one."
+    )
+
+    vllm_url: str | None = Field(
+        default=None, description="A remote vLLM's /v1 URL; unset: start a managed vLLM."
+    )
+    vllm_python: Path = Field(
+        default=REPO / ".venv-vllm" / "bin" / "python",
+        description="Interpreter of the virtual environment vLLM is installed in (`make vllm`).",
+    )
+    vllm_port: int = 8100
+    vllm_max_loras: int = Field(default=4, description="vLLM --max-loras: adapters per batch.")
+    vllm_dtype: str = Field(default="auto", description="vLLM --dtype (float32 matches PEFT).")
+    vllm_max_model_len: int = 4096
+    vllm_extra_args: list[str] = Field(default_factory=list)
+    vllm_start_timeout: float = 300.0
     max_context: int = 4096
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,17 @@ import pytest
 from server.model_store import make_tiny, prepare_smollm2
 from server.settings import Settings
 from tests.support import make_random_adapter
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests never touch the real adapter registry; servers and CLI children inherit this."""
+    scratch = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUTOR_REGISTRY", str(scratch / "registry.sqlite"))
+        mp.setenv("TUTOR_ADAPTER_DIR", str(scratch / "adapters"))
+        mp.setenv("TUTOR_EXTRA_ADAPTER_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
+        yield scratch
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,11 @@ def test_missing_files_and_changed_weights_are_refused(good, tiny_path, tmp_path
 def test_a_real_high_rank_adapter_stops_start_up(tiny_path, tutor_home, tmp_path):
     big = make_random_adapter(tiny_path, tmp_path / "big@1", seed=5, rank=32)
     settings = Settings(
-        home=tutor_home, model="tiny-qwen3", max_lora_rank=16, adapters={"tutor": str(big)}
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="transformers",
+        max_lora_rank=16,
+        adapters={"tutor": str(big)},
     )
     app = create_app(settings)
 

@@ -16,7 +16,10 @@ LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
 @pytest.fixture(scope="module")
 def upstream(tutor_home, tiny_path, tiny_adapters):
     settings = Settings(
-        home=tutor_home, model="tiny-qwen3", adapters={"tutor-es-l2": str(tiny_adapters["es"])}
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="transformers",
+        adapters={"tutor-es-l2": str(tiny_adapters["es"])},
     )
     with running_server(create_app(settings)) as url:
         yield url

@@ -18,7 +18,9 @@ MODEL_MAP = {"tutor-es": "tutor-es-l2", "tutor-en": "tutor"}
 
 @pytest.fixture(scope="module")
 def server(tutor_home, tiny_path):
-    with running_server(create_app(Settings(home=tutor_home, model="tiny-qwen3"))) as url:
+    with running_server(
+        create_app(Settings(home=tutor_home, model="tiny-qwen3", engine="transformers"))
+    ) as url:
         yield url
 
 

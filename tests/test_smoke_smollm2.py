@@ -44,7 +44,7 @@ COMMON_ENGLISH = {
 
 @pytest.mark.slow
 def test_default_model_answers_a_learner_in_english(tutor_home, smollm2_path):
-    settings = Settings(home=tutor_home)  # the default preset, as `make serve` runs it
+    settings = Settings(home=tutor_home, engine="transformers")  # the default preset
     assert settings.model == "smollm2-135m-instruct"
     with running_server(create_app(settings)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)

@@ -56,7 +56,7 @@ def _events(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def faulty(tiny_path, tutor_home):
-    settings = Settings(home=tutor_home, model="tiny-qwen3")
+    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
     engine = FaultInjectingEngine(TransformersEngine(str(tiny_path)), fail_after=2)
     with running_server(create_app(settings, engine=engine)) as url:
         yield url

@@ -29,10 +29,65 @@ def build_engine(settings: Settings) -> Engine:
             timeout=settings.upstream_timeout,
             max_lora_rank=settings.max_lora_rank,
         )
-    from server.engines.transformers_engine import TransformersEngine
     from server.model_store import resolve_model
 
     resolved = resolve_model(settings.model, settings.home, settings.served_model_name)
+    if settings.engine == "vllm":
+        return build_vllm_engine(settings, resolved.source, resolved.public_id)
+    from server.engines.transformers_engine import TransformersEngine
+
     return TransformersEngine(
         resolved.source, dtype=settings.dtype, max_lora_rank=settings.max_lora_rank
+    )
+
+
+def vllm_args(settings: Settings, source: str, public_id: str) -> list[str]:
+    """vLLM server flags; the same on CPU and GPU but for the environment (see README)."""
+    n = max(settings.vllm_max_loras, 1)
+    return [
+        "--model",
+        source,
+        "--served-model-name",
+        public_id,
+        "--dtype",
+        settings.vllm_dtype,
+        "--max-model-len",
+        str(settings.vllm_max_model_len),
+        "--enable-lora",
+        "--max-lora-rank",
+        str(settings.max_lora_rank),
+        "--max-loras",
+        str(n),
+        # adapters pushed out of vLLM's CPU cache are re-read from disk; keep ours in memory
+        "--max-cpu-loras",
+        str(max(n, settings.max_resident_adapters)),
+        "--disable-uvicorn-access-log",
+        *settings.vllm_extra_args,
+    ]
+
+
+def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine:
+    from server.engines.vllm_engine import VLLMEngine
+    from server.engines.vllm_process import VLLMProcess
+
+    if settings.vllm_url:
+        return VLLMEngine(
+            settings.vllm_url,
+            served_model=public_id,
+            max_lora_rank=settings.max_lora_rank,
+            timeout=settings.upstream_timeout,
+        )
+    process = VLLMProcess(
+        settings.vllm_python,
+        vllm_args(settings, source, public_id),
+        port=settings.vllm_port,
+        start_timeout=settings.vllm_start_timeout,
+        log_file=settings.home / "logs" / f"vllm-{settings.vllm_port}.log",
+    )
+    return VLLMEngine(
+        process.url,
+        served_model=public_id,
+        max_lora_rank=settings.max_lora_rank,
+        process=process,
+        timeout=settings.upstream_timeout,
     )

@@ -65,8 +65,12 @@ class Engine(ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
         """Stream deltas; the last one carries ``finish_reason`` ("stop" or "length")."""
 
-    async def load_adapter(self, adapter: AdapterRef) -> None:
-        """Make ``adapter`` available; engines without local adapters ignore it."""
+    async def load_adapter(self, adapter: AdapterRef) -> bool:
+        """Make ``adapter`` available; True if it had to be loaded, False if it already was.
+
+        Engines without local adapters (a plain upstream) ignore it.
+        """
+        return False
 
     async def unload_adapter(self, name: str) -> None:
         """Forget an adapter; engines without local adapters ignore it."""

@@ -75,17 +75,19 @@ class TransformersEngine(Engine):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- adapters --------------------------------------------------------------------------
-    async def load_adapter(self, adapter: AdapterRef) -> None:
-        await self._run(self._load_adapter_sync, adapter)
+    async def load_adapter(self, adapter: AdapterRef) -> bool:
+        if adapter.name in self._adapters:
+            return False
+        return await self._run(self._load_adapter_sync, adapter)
 
     async def unload_adapter(self, name: str) -> None:
         await self._run(self._unload_adapter_sync, name)
 
-    def _load_adapter_sync(self, adapter: AdapterRef) -> None:
+    def _load_adapter_sync(self, adapter: AdapterRef) -> bool:
         from peft import PeftModel
 
         if adapter.name in self._adapters:
-            return
+            return False
         if not self._adapters:
             self._model = PeftModel.from_pretrained(
                 self._model, str(adapter.path), adapter_name=adapter.name
@@ -95,6 +97,7 @@ class TransformersEngine(Engine):
         self._model.eval()
         self._adapters[adapter.name] = adapter
         log.info("loaded adapter %s from %s", adapter.name, adapter.path)
+        return True
 
     def _unload_adapter_sync(self, name: str) -> None:
         if name not in self._adapters:

@@ -14,7 +14,7 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(body: ChatCompletionRequest, service: ServiceDep):
-    target, gen_request = service.prepare(body)
+    target, gen_request = await service.prepare(body)
     deltas = service.generate(target, gen_request)
     # Wait for the first delta before answering: an engine that is down or a bad adapter still
     # gets a real HTTP status instead of an error hidden inside a 200 stream.
@@ -24,6 +24,8 @@ async def create_chat_completion(body: ChatCompletionRequest, service: ServiceDe
         await deltas.aclose()
         raise
     headers = {"x-tutor-variant": target.model_id, "x-tutor-adapter": target.adapter_label}
+    if "adapter_load_s" in first.extra:  # this request paid for a cold adapter load
+        headers["x-tutor-adapter-load-ms"] = f"{first.extra['adapter_load_s'] * 1000:.1f}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(

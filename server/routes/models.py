@@ -1,6 +1,8 @@
-"""GET /v1/models and /v1/models/{id}: the variants and the base model."""
+"""GET /v1/models and /v1/models/{id}: the base, the variants, and registered versions."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter
 
@@ -12,42 +14,53 @@ from server.serving import ChatService
 router = APIRouter()
 
 
-def model_cards(service: ChatService) -> list[ModelCard]:
-    cards = [
-        ModelCard(
-            id=service.base_id, created=service.created, owned_by="tutor", root=service.base_source
-        )
-    ]
+async def model_cards(service: ChatService) -> list[ModelCard]:
+    base = service.base_id
+    cards = [ModelCard(id=base, created=service.created, root=service.base_source)]
     for v in service.catalogue.variants.values():
-        target = service.resolve(v.id)
+        target = await service.resolve(v.id)
+        meta = {
+            "language": v.language,
+            "learner": v.learner,
+            "description": v.description,
+            "adapter": target.adapter_label,
+        }
         cards.append(
-            ModelCard(
-                id=v.id,
-                created=service.created,
-                owned_by="tutor",
-                parent=service.base_id,
-                root=service.base_id,
-                metadata={
-                    "language": v.language,
-                    "learner": v.learner,
-                    "description": v.description,
-                    "adapter": target.adapter_label,
-                },
-            )
+            ModelCard(id=v.id, created=service.created, parent=base, root=base, metadata=meta)
         )
+    if service.adapters is not None:
+        versions = await asyncio.to_thread(service.registry.list)
+        resident = set(service.adapters.resident())
+        for ver in versions:
+            meta = {
+                "variant": ver.variant,
+                "rank": ver.rank,
+                "lineage_parent": ver.parent,
+                "source": ver.source,
+                "resident": ver.name in resident,
+            }
+            cards.append(
+                ModelCard(
+                    id=ver.name,
+                    created=int(ver.created),
+                    parent=ver.variant,
+                    root=base,
+                    metadata=meta,
+                )
+            )
     return cards
 
 
 @router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(service: ServiceDep) -> ModelList:
-    return ModelList(data=model_cards(service))
+    return ModelList(data=await model_cards(service))
 
 
 @router.get(
     "/v1/models/{model_id:path}", response_model=ModelCard, response_model_exclude_none=True
 )
 async def get_model(model_id: str, service: ServiceDep) -> ModelCard:
-    for card in model_cards(service):
+    for card in await model_cards(service):
         if card.id == model_id:
             return card
     raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")

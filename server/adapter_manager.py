@@ -1,0 +1,211 @@
+"""Which adapter version each variant uses, and which versions the engine holds.
+
+A variant is an alias that points at one immutable adapter version (``tutor-es-l2@3``). Versions
+load into the engine on demand, the first time a request needs them, and at most
+``max_resident`` stay loaded (least recently used goes first). A name is never reused inside the
+engine, so a stale prefix cache can never serve old weights under a new version.
+
+Promotion never interrupts anyone: the new version loads first, then the alias switches (one
+assignment in the event loop), requests already running keep the version they started with, and
+the old version unloads when its last request finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+
+from adapters.registry import AdapterVersion, Registry, VersionNotFound
+from adapters.validation import AdapterValidationError, validate_adapter
+from server.engines.base import AdapterRef, Engine
+from server.errors import AdapterNotFound, InvalidAdapter
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class AdapterManager:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        *,
+        base_model: str,
+        max_resident: int,
+        metrics: Metrics,
+        pinned: Mapping[str, AdapterRef] | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.base_model = base_model
+        self.max_resident = max(1, max_resident)
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self._pinned = dict(pinned or {})  # variant -> adapter fixed by configuration
+        self._alias: dict[str, AdapterRef] = {}  # variant -> live version, from the registry
+        self._versions: dict[str, AdapterRef] = {}  # validated registry versions by name
+        self._resident: OrderedDict[str, AdapterRef] = OrderedDict()  # LRU order
+        self._refs: Counter[str] = Counter()
+        self._retired: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._seen_version: tuple[int, int] | None = None
+        self._watcher: asyncio.Task | None = None
+        self._refresh_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.refresh()
+        if self.poll_interval > 0:
+            self._watcher = asyncio.create_task(self._watch(), name="adapter-registry-watcher")
+
+    async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def _watch(self) -> None:
+        """Pick up promotions made elsewhere (the CLI, another gateway) within a poll interval."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                if self.registry.data_version() != self._seen_version:
+                    await self.refresh()
+            except Exception:  # noqa: BLE001 - the watcher must outlive one bad refresh
+                log.exception("adapter registry refresh failed")
+
+    # -- lookups ---------------------------------------------------------------------------
+    def current(self, variant: str) -> AdapterRef | None:
+        return self._pinned.get(variant) or self._alias.get(variant)
+
+    def aliases(self) -> dict[str, str]:
+        names = {v: r.name for v, r in self._alias.items()}
+        names.update({v: r.name for v, r in self._pinned.items()})
+        return names
+
+    def resident(self) -> list[str]:
+        return list(self._resident)
+
+    async def version(self, name: str) -> tuple[AdapterVersion, AdapterRef]:
+        """A registered version, checked from its files (exist, hash) before first use."""
+        try:
+            version = await asyncio.to_thread(self.registry.get, name)
+        except VersionNotFound as exc:
+            raise AdapterNotFound(str(exc), param="model") from exc
+        ref = self._versions.get(name)
+        if ref is None:
+            try:
+                await asyncio.to_thread(
+                    validate_adapter,
+                    version.path,
+                    base_model=self.base_model,
+                    max_rank=self.engine.max_lora_rank,
+                    base_aliases=(version.base_model,),
+                    expected_sha256=version.sha256,
+                )
+            except AdapterValidationError as exc:
+                raise InvalidAdapter(f"{name}: {exc}") from exc
+            ref = self._versions[name] = AdapterRef(name=name, path=version.path)
+        return version, ref
+
+    # -- use -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def use(self, ref: AdapterRef) -> AsyncIterator[float | None]:
+        """Hold ``ref`` loaded for one request; yields the cold-load time, or None if warm."""
+        self._refs[ref.name] += 1
+        try:
+            yield await self._ensure_loaded(ref)
+        finally:
+            self._refs[ref.name] -= 1
+            if self._refs[ref.name] <= 0:
+                del self._refs[ref.name]
+                if ref.name in self._retired:
+                    await self._unload(ref.name)
+
+    async def _ensure_loaded(self, ref: AdapterRef) -> float | None:
+        lock = self._locks.setdefault(ref.name, asyncio.Lock())
+        async with lock:
+            start = time.perf_counter()
+            if ref.name not in self._resident:
+                await self._make_room()
+            loaded = await self.engine.load_adapter(ref)  # idempotent; False when already there
+            self._resident[ref.name] = ref
+            self._resident.move_to_end(ref.name)
+            self.metrics.adapter_resident.labels(ref.name).set(1)
+            if not loaded:
+                return None
+            elapsed = time.perf_counter() - start
+            self.metrics.adapter_load.observe(elapsed)
+            log.info("loaded adapter %s in %.3f s", ref.name, elapsed)
+            return elapsed
+
+    async def _make_room(self) -> None:
+        """Unload least recently used versions that no request holds, down to the limit."""
+        idle = [n for n in self._resident if self._refs[n] == 0]
+        # versions no alias points to go before live ones
+        idle.sort(key=lambda n: self._is_live(n))
+        while len(self._resident) >= self.max_resident and idle:
+            await self._unload(idle.pop(0))
+
+    def _is_live(self, name: str) -> bool:
+        return any(r.name == name for r in (*self._alias.values(), *self._pinned.values()))
+
+    async def _unload(self, name: str) -> None:
+        self._retired.discard(name)
+        if self._resident.pop(name, None) is None:
+            return
+        self.metrics.adapter_resident.labels(name).set(0)
+        try:
+            await self.engine.unload_adapter(name)
+            log.info("unloaded adapter %s", name)
+        except Exception:  # noqa: BLE001 - an engine that restarted has already forgotten it
+            log.warning("unloading %s failed", name, exc_info=True)
+
+    # -- promotion -------------------------------------------------------------------------
+    async def promote(self, variant: str, name: str) -> tuple[str | None, str]:
+        _, ref = await self.version(name)
+        await self._ensure_loaded(ref)  # load first: the switch never waits on a cold load
+        result = await asyncio.to_thread(self.registry.promote, variant, name)
+        await self.refresh()
+        return result
+
+    async def rollback(self, variant: str) -> tuple[str | None, str]:
+        history = await asyncio.to_thread(self.registry.history, variant)
+        if len(history) >= 2:
+            _, ref = await self.version(history[-2])
+            await self._ensure_loaded(ref)
+        result = await asyncio.to_thread(self.registry.rollback, variant)
+        await self.refresh()
+        return result
+
+    async def refresh(self) -> None:
+        """Apply the registry's aliases: load each new version, switch, retire the old one."""
+        async with self._refresh_lock:
+            self._seen_version = self.registry.data_version()
+            aliases = await asyncio.to_thread(self.registry.aliases)
+            for variant, name in aliases.items():
+                old = self._alias.get(variant)
+                if old is not None and old.name == name:
+                    continue
+                try:
+                    _, ref = await self.version(name)
+                except (AdapterNotFound, InvalidAdapter):
+                    log.exception("cannot switch %s to %s; it keeps %s", variant, name, old)
+                    continue
+                if variant not in self._pinned:
+                    try:
+                        await self._ensure_loaded(ref)
+                    except Exception:  # noqa: BLE001 - engine down: the first request loads it
+                        log.warning("preloading %s failed; it loads on demand", name)
+                self._alias[variant] = ref  # the switch: one assignment, nothing awaits here
+                self._retired.discard(name)
+                log.info("%s now points to %s (was %s)", variant, name, old.name if old else None)
+                if old is not None and not self._is_live(old.name):
+                    self._retired.add(old.name)
+                    if self._refs[old.name] == 0:
+                        await self._unload(old.name)
