@@ -22,6 +22,7 @@ from server.errors import InvalidAdapter, InvalidRequest, ModelNotFound
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
 from server.settings import Settings
+from server.tasks import task_model
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class ChatService:
     async def prepare(self, req: ChatCompletionRequest) -> tuple[Target, GenerationRequest]:
         if req.n is not None and req.n > 1:
             raise InvalidRequest("n > 1 is not supported: ask for one reply at a time", param="n")
-        target = await self.resolve(req.model)
+        # Open WebUI's title/tags/follow-up requests go to a cheap model (server/tasks.py).
+        target = await self.resolve(task_model(req, self.settings, self.base_id) or req.model)
         messages = self._messages(target.variant, req)
         defaults = {**BASE_DEFAULTS, **(target.variant.defaults if target.variant else {})}
         max_tokens = req.max_completion_tokens or req.max_tokens or int(defaults["max_tokens"])

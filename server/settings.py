@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     vllm_start_timeout: float = 300.0
     max_context: int = 4096
 
+    # Front-ends: the Gradio page at /ui and Open WebUI's background tasks (server/tasks.py).
+    ui: bool = Field(default=True, description="`tutor serve` mounts the Gradio tutor at /ui.")
+    route_tasks: bool = Field(
+        default=True, description="Send Open WebUI's title/tags/follow-up requests to task_model."
+    )
+    task_model: str | None = Field(
+        default=None, description="Model id for background task requests; unset: the base model."
+    )
+
     @property
     def registry_path(self) -> Path:
         return self.registry or self.home / "registry.sqlite"
