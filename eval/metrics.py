@@ -168,3 +168,251 @@ def conversation_recasts(messages: list[dict[str, str]]) -> list[tuple[str, str]
                 if pair not in found:
                     found.append(pair)
     return found
+
+
+# -- Corrections and quality gates ---------------------------------------------------------------
+# The training quality gates (train/gates.py) and the eval suites score replies with these same
+# functions, so "the recast contains the corrected form" means one thing everywhere.
+
+LANGUAGES = ("en", "es", "zh")
+
+# Phrases that point at the error instead of recasting it. Matched case-folded as substrings
+# (word-bounded for en/es). A metalinguistic hint may talk about a rule, never about "a mistake".
+EXPLICIT_CORRECTION_PHRASES: dict[str, tuple[str, ...]] = {
+    "en": (
+        "that's wrong",
+        "that is wrong",
+        "it's wrong",
+        "is incorrect",
+        "not correct",
+        "incorrect",
+        "you made a mistake",
+        "a mistake",
+        "an error",
+        "the correct form",
+        "the correct way",
+        "the right way to say",
+        "correct sentence",
+        "you should say",
+        "you should have said",
+        "should be",
+        "you mean to say",
+        "we don't say",
+        "you can't say",
+    ),
+    "es": (
+        "está mal",
+        "esta mal",
+        "es incorrecto",
+        "incorrecta",
+        "incorrecto",
+        "no es correcto",
+        "un error",
+        "un fallo",
+        "te equivocaste",
+        "equivocado",
+        "equivocada",
+        "la forma correcta",
+        "lo correcto es",
+        "se dice",
+        "no se dice",
+        "deberías decir",
+        "debes decir",
+        "hay que decir",
+    ),
+    "zh": (
+        "错了",
+        "说错",
+        "写错",
+        "不对",
+        "错误",
+        "不正确",
+        "应该说",
+        "应该是",
+        "正确的说法",
+        "正确说法",
+        "不能说",
+        "不要说",
+    ),
+}
+
+# Reply length bounds in characters (Chinese packs more meaning per character).
+LENGTH_BOUNDS: dict[str, tuple[int, int]] = {"en": (15, 400), "es": (15, 420), "zh": (6, 160)}
+
+_EN_WORDS = frozenset(
+    re.findall(
+        r"\S+",
+        "the a an and is are was were you your i it to of in on at what do did how that this with "
+        "for have has had be not can would like about so my me we they he she there when why",
+    )
+)
+_ES_WORDS = frozenset(
+    re.findall(
+        r"\S+",
+        "el la los las un una y es son fue era que de en por para con qué cómo tú tu te yo mi me "
+        "muy pero se lo le su sus al del está están hay cuándo dónde también más ayer",
+    )
+)
+
+
+@dataclass(frozen=True)
+class EditRegion:
+    """One changed stretch between a learner utterance and its correction."""
+
+    source: tuple[str, ...]  # learner tokens (case-folded)
+    target: tuple[str, ...]  # corrected tokens; empty for a deletion
+    left: tuple[str, ...]  # up to two shared tokens before it
+    right: tuple[str, ...]  # up to two shared tokens after it
+    target_text: str  # the corrected stretch as written in the correction
+
+
+def tokens(text: str, language: str | None = None) -> list[str]:
+    """Case-folded tokens as in :func:`tokenize`; ``language`` is accepted for call symmetry."""
+    return [t.norm for t in tokenize(text)]
+
+
+def edit_regions(source: str, target: str, language: str | None = None) -> list[EditRegion]:
+    """Changed stretches, in order, from a token alignment of utterance and correction."""
+    a, b = tokenize(source), tokenize(target)
+    an, bn = [t.norm for t in a], [t.norm for t in b]
+    regions = []
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, an, bn, False).get_opcodes():
+        if tag == "equal":
+            continue
+        regions.append(
+            EditRegion(
+                source=tuple(an[i1:i2]),
+                target=tuple(bn[j1:j2]),
+                left=tuple(bn[max(0, j1 - 2) : j1]),
+                right=tuple(bn[j2 : j2 + 2]),
+                target_text=_span(target, b[j1:j2]),
+            )
+        )
+    return regions
+
+
+def _contains(haystack: list[str], needle: tuple[str, ...] | list[str]) -> bool:
+    """Contiguous match; the learner's "I/my/我" may come back as the tutor's "you/your/你"."""
+    n = len(needle)
+    if n == 0:
+        return False
+    for i in range(len(haystack) - n + 1):
+        if all(
+            h == t or (t, h) in PERSPECTIVE_SWAPS
+            for h, t in zip(haystack[i : i + n], needle, strict=True)
+        ):
+            return True
+    return False
+
+
+def target_form(utterance: str, correction: str) -> tuple[str, ...]:
+    """The tokens a recast must contain for the first edit (a deletion: its two neighbours)."""
+    regions = edit_regions(utterance, correction)
+    if not regions:
+        return ()
+    r = regions[0]
+    if r.target:
+        return r.target
+    return r.left[-1:] + r.right[:1]
+
+
+def contains_correction(reply: str, utterance: str, correction: str) -> bool:
+    """Target-form uptake: the reply uses the corrected form of the first edit."""
+    form = target_form(utterance, correction)
+    return bool(form) and _contains(tokens(reply), form)
+
+
+def withholds_correction(reply: str, utterance: str, correction: str) -> bool:
+    """The reply does not give away the corrected form of the first edit.
+
+    The corrected stretch in its context (one shared token on either side) must be absent; a
+    content form the learner did not write ("went") must be absent even on its own. A lone
+    function word ("the", one Chinese character) is too common to forbid outside its context.
+    """
+    regions = edit_regions(utterance, correction)
+    if not regions:
+        return True
+    r = regions[0]
+    reply_toks = tokens(reply)
+    contexts = []
+    if r.target:
+        contexts += [r.left[-1:] + r.target, r.target + r.right[:1]]
+    else:
+        contexts.append(r.left[-1:] + r.right[:1])
+    if any(len(c) > len(r.target) and _contains(reply_toks, c) for c in contexts):
+        return False
+    lone = "".join(r.target)
+    is_function_word = len(r.target) == 1 and (len(lone) <= 3 or _IS_CJK.match(lone))
+    learner_toks = tokens(utterance)
+    if r.target and not is_function_word and not _contains(learner_toks, r.target):
+        return not _contains(reply_toks, r.target)
+    return True
+
+
+def explicit_corrections(reply: str, language: str) -> list[str]:
+    """The explicit-correction phrases found in the reply (empty: it corrects implicitly)."""
+    text = reply.casefold()
+    found = []
+    for phrase in EXPLICIT_CORRECTION_PHRASES.get(language, ()):
+        if language == "zh":
+            hit = phrase in text
+        else:
+            hit = re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+        if hit:
+            found.append(phrase)
+    return found
+
+
+def has_question(reply: str) -> bool:
+    """A follow-up question keeps the conversation going: '?', '？' or an opening '¿'."""
+    return any(ch in reply for ch in "?？¿")
+
+
+def length_ok(reply: str, language: str, bounds: dict[str, tuple[int, int]] | None = None) -> bool:
+    lo, hi = (bounds or LENGTH_BOUNDS).get(language, (1, 10_000))
+    return lo <= len(reply.strip()) <= hi
+
+
+def detect_language(text: str) -> str | None:
+    """en, es or zh from the script and common words; None when there is no evidence."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return None
+    cjk = sum(1 for c in letters if _IS_CJK.match(c))
+    if cjk / len(letters) > 0.3:
+        return "zh"
+    words = re.findall(r"[^\W\d_]+", text.casefold())
+    en = sum(w in _EN_WORDS for w in words)
+    es = sum(w in _ES_WORDS for w in words) + 2 * sum(c in "ñ¿¡áéíóú" for c in text.casefold())
+    if en == es == 0:
+        return None
+    return "es" if es > en else "en"
+
+
+def message_hash(messages: list[dict[str, str]]) -> str:
+    """Dedup key: roles and contents, case-folded, whitespace and punctuation collapsed."""
+    import hashlib
+
+    parts = []
+    for m in messages:
+        words = re.findall(r"\w+", str(m.get("content", "")).casefold())
+        parts.append(f"{m.get('role', '')}:{' '.join(words)}")
+    norm = "\n".join(parts)
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+def score(
+    reply: str, *, utterance: str, correction: str, language: str, mode: str | None = None
+) -> dict[str, bool | list[str] | str | None]:
+    """Every deterministic per-reply check at once: what gates filter on and eval reports."""
+    changed = utterance != correction
+    return {
+        "uptake": contains_correction(reply, utterance, correction) if changed else None,
+        "withheld": withholds_correction(reply, utterance, correction) if changed else None,
+        "explicit_phrases": explicit_corrections(reply, language),
+        "question": has_question(reply),
+        "length_ok": length_ok(reply, language),
+        "language": detect_language(reply),
+        "language_ok": detect_language(reply) in (language, None) if language else True,
+        "mode": mode,
+    }

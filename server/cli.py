@@ -8,11 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
+from train.cli import data_app, train_app
+
 app = typer.Typer(
     help="Conversational language tutor: serve, manage models and adapters.", no_args_is_help=True
 )
 models_app = typer.Typer(help="Prepare and list base models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 
 
 def _settings(**overrides: Any):
