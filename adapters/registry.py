@@ -60,6 +60,10 @@ class VersionNotFound(RegistryError):
     pass
 
 
+class PathNotAllowed(RegistryError):
+    """Registration reads only from configured roots."""
+
+
 @dataclass(frozen=True)
 class AdapterVersion:
     name: str
@@ -198,7 +202,7 @@ class Registry:
         path = Path(path)
         if not is_within(path, self.roots):
             roots = ", ".join(str(r) for r in self.roots)
-            raise RegistryError(f"{path} is outside the adapter roots ({roots})")
+            raise PathNotAllowed(f"{path} is outside the adapter roots ({roots})")
         if not variant or "@" in variant or "/" in variant:
             raise RegistryError(f"invalid variant name {variant!r}")
         info = validate_adapter(
@@ -346,6 +350,7 @@ class Registry:
 __all__ = [
     "AdapterValidationError",
     "AdapterVersion",
+    "PathNotAllowed",
     "Registry",
     "RegistryError",
     "VersionNotFound",

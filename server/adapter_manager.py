@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager, suppress
 from adapters.registry import AdapterVersion, Registry, VersionNotFound
 from adapters.validation import AdapterValidationError, validate_adapter
 from server.engines.base import AdapterRef, Engine
-from server.errors import AdapterNotFound, InvalidAdapter
+from server.errors import AdapterNotFound, Conflict, InvalidAdapter
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,9 @@ class AdapterManager:
 
     # -- promotion -------------------------------------------------------------------------
     async def promote(self, variant: str, name: str) -> tuple[str | None, str]:
-        _, ref = await self.version(name)
+        version, ref = await self.version(name)
+        if version.variant != variant:
+            raise Conflict(f"{name} belongs to {version.variant}, not {variant}")
         await self._ensure_loaded(ref)  # load first: the switch never waits on a cold load
         result = await asyncio.to_thread(self.registry.promote, variant, name)
         await self.refresh()
@@ -182,6 +184,16 @@ class AdapterManager:
         result = await asyncio.to_thread(self.registry.rollback, variant)
         await self.refresh()
         return result
+
+    async def remove(self, name: str) -> None:
+        """Unload (if idle) and delete a version; vLLM must never lose files it still holds."""
+        if self._refs[name] > 0:
+            raise Conflict(f"{name} is serving {self._refs[name]} request(s); try again later")
+        if self._is_live(name):
+            raise Conflict(f"{name} is live: promote another version first")
+        await self._unload(name)
+        self._versions.pop(name, None)
+        await asyncio.to_thread(self.registry.remove, name)
 
     async def refresh(self) -> None:
         """Apply the registry's aliases: load each new version, switch, retire the old one."""

@@ -15,7 +15,7 @@ from server.engines import Engine, build_engine
 from server.errors import install_error_handlers
 from server.metrics import Metrics
 from server.model_store import resolve_model
-from server.routes import chat, health, models
+from server.routes import admin, chat, health, models
 from server.serving import ChatService
 from server.settings import Settings
 
@@ -85,4 +85,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(CollapseSlashes)
     for router in (chat.router, models.router, health.router):
         app.include_router(router)
+    if settings.admin_key is not None:  # no key, no admin API at all
+        app.include_router(admin.router)
     return app

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from adapters.cli import app as adapters_app
 from train.cli import data_app, train_app
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Prepare and list base models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 
@@ -27,12 +29,15 @@ def _settings(**overrides: Any):
 
 @app.command()
 def serve(
-    engine: Annotated[str | None, typer.Option(help="transformers or openai")] = None,
+    engine: Annotated[str | None, typer.Option(help="vllm, transformers or openai")] = None,
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
     model: Annotated[str | None, typer.Option(help="preset, local folder or hub id")] = None,
     upstream_url: Annotated[
         str | None, typer.Option(help="openai engine: upstream /v1 URL")
+    ] = None,
+    vllm_url: Annotated[
+        str | None, typer.Option(help="vllm engine: a remote vLLM /v1 URL (else managed)")
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
@@ -45,9 +50,49 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _settings(
-        engine=engine, host=host, port=port, model=model, upstream_url=upstream_url
+        engine=engine,
+        host=host,
+        port=port,
+        model=model,
+        upstream_url=upstream_url,
+        vllm_url=vllm_url,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    gateway = create_app(settings)
+    if settings.ui:
+        _mount_ui(gateway, settings.host, settings.port)
+    uvicorn.run(gateway, host=settings.host, port=settings.port, log_level=log_level)
+
+
+def _mount_ui(gateway: Any, host: str, port: int) -> None:
+    """Serve the Gradio tutor at /ui on the gateway's port; it calls the gateway over HTTP."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        logging.getLogger(__name__).info("gradio (the `ui` extra) is not installed: no /ui")
+        return
+    from ui.tutor_app import mount_ui
+
+    local = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    mount_ui(gateway, f"http://{f'[{local}]' if ':' in local else local}:{port}")
+
+
+@app.command("ui")
+def ui_command(
+    base_url: Annotated[
+        str, typer.Option(help="the gateway, with or without /v1")
+    ] = "http://127.0.0.1:8000",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 7860,
+    api_key: Annotated[
+        str, typer.Option(envvar="TUTOR_UI_API_KEY", help="sent to the gateway as a bearer key")
+    ] = "unused",
+) -> None:
+    """Run the Gradio tutor alone, against any gateway."""
+    import uvicorn
+
+    from ui.tutor_app import create_ui_app
+
+    uvicorn.run(create_ui_app(base_url, api_key), host=host, port=port)
 
 
 @models_app.command("prepare")

