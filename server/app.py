@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from adapters.registry import Registry
 from adapters.variants import Catalogue
+from server.auth import KeyStore
 from server.engines import Engine, build_engine
-from server.errors import install_error_handlers
+from server.errors import BodyTooLarge, install_error_handlers
+from server.limits import Limiter
 from server.metrics import Metrics
 from server.model_store import resolve_model
 from server.routes import admin, chat, health, models
@@ -45,6 +49,49 @@ class CollapseSlashes:
             path = re.sub(r"/{2,}", "/", scope["path"])
             scope = {**scope, "path": path, "raw_path": path.encode()}
         await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` before anything parses them."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge(self._message(), param="body")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body exceeds {self.max_bytes} bytes"
+
+    async def _refuse(self, send) -> None:
+        err = BodyTooLarge(self._message(), param="body")
+        body = json.dumps(err.body()).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": err.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -81,10 +128,21 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app = FastAPI(title="Tutor", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.service = None
+    app.state.keys = KeyStore.from_settings(settings)
+    app.state.limiter = Limiter()
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["authorization", "content-type"],
+            expose_headers=["x-tutor-variant", "x-tutor-adapter", "retry-after"],
+        )
     app.add_middleware(CollapseSlashes)
     for router in (chat.router, models.router, health.router):
         app.include_router(router)
-    if settings.admin_key is not None:  # no key, no admin API at all
+    if app.state.keys.has_admin:  # no admin key, no admin API at all
         app.include_router(admin.router)
     return app

@@ -21,6 +21,10 @@ app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+log = logging.getLogger("tutor")
+
+
 def _settings(**overrides: Any):
     from server.settings import Settings
 
@@ -58,9 +62,25 @@ def serve(
         vllm_url=vllm_url,
     )
     gateway = create_app(settings)
+    host = settings.host
+    if not gateway.state.keys.keys_on and host not in LOOPBACK:
+        log.warning(
+            "no API keys configured: listening on 127.0.0.1 only, not %s "
+            "(configure TUTOR_API_KEYS or TUTOR_API_KEYS_FILE to open it up)",
+            host,
+        )
+        host = "127.0.0.1"
+    elif not gateway.state.keys.keys_on:
+        log.warning("no API keys configured: open to anyone on this machine (127.0.0.1 only)")
     if settings.ui:
-        _mount_ui(gateway, settings.host, settings.port)
-    uvicorn.run(gateway, host=settings.host, port=settings.port, log_level=log_level)
+        _mount_ui(gateway, host, settings.port)
+    uvicorn.run(
+        gateway,
+        host=host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=settings.shutdown_grace,  # running streams may finish
+    )
 
 
 def _mount_ui(gateway: Any, host: str, port: int) -> None:

@@ -38,6 +38,7 @@ class TutorError(Exception):
 class InvalidRequest(TutorError):
     status = 400
     type = "invalid_request_error"
+    code = "invalid_value"
 
 
 class ModelNotFound(TutorError):
@@ -79,6 +80,23 @@ class Conflict(TutorError):
     code = "conflict"
 
 
+class RateLimited(TutorError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class BodyTooLarge(InvalidRequest):
+    code = "body_too_large"
+
+
 class EngineUnavailable(TutorError):
     status = 503
     type = "service_unavailable"
@@ -113,7 +131,12 @@ def as_tutor_error(exc: BaseException) -> TutorError:
 
 
 def _validation_param(err: dict[str, Any]) -> str | None:
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+    """``body.messages.0.content.str`` -> ``messages.0.content``: drop the union-member tags."""
+    loc = [
+        str(p)
+        for p in err.get("loc", ())
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))
+    ]
     return ".".join(loc) or None
 
 

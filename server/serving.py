@@ -19,6 +19,7 @@ from adapters.variants import Catalogue, Variant
 from server.adapter_manager import AdapterManager
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import InvalidAdapter, InvalidRequest, ModelNotFound
+from server.limits import VariantGate
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
 from server.settings import Settings
@@ -66,6 +67,7 @@ class ChatService:
         self.registry = registry
         self.created = int(time.time())
         self.adapters: AdapterManager | None = None  # None: the upstream owns its adapters
+        self.gate = VariantGate(settings.variant_concurrency, settings.variant_queue_timeout)
 
     # -- start-up --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,6 +121,7 @@ class ChatService:
         if req.n is not None and req.n > 1:
             raise InvalidRequest("n > 1 is not supported: ask for one reply at a time", param="n")
         # Open WebUI's title/tags/follow-up requests go to a cheap model (server/tasks.py).
+        self._check_size(req)
         target = await self.resolve(task_model(req, self.settings, self.base_id) or req.model)
         messages = self._messages(target.variant, req)
         defaults = {**BASE_DEFAULTS, **(target.variant.defaults if target.variant else {})}
@@ -142,6 +145,24 @@ class ChatService:
             adapter=target.adapter,
             upstream_model=target.upstream_model,
         )
+
+    def _check_size(self, req: ChatCompletionRequest) -> None:
+        """Limits that keep one request from costing the service too much, each named."""
+        limit = self.settings.max_messages
+        if len(req.messages) > limit:
+            raise InvalidRequest(f"at most {limit} messages per request", param="messages")
+        for i, m in enumerate(req.messages):
+            text = m.text()
+            if len(text) > self.settings.max_content_chars:
+                raise InvalidRequest(
+                    f"message {i} has {len(text)} characters; the limit is "
+                    f"{self.settings.max_content_chars}",
+                    param=f"messages.{i}.content",
+                )
+            if "\x00" in text:
+                raise InvalidRequest(
+                    f"message {i} contains a NUL character", param=f"messages.{i}.content"
+                )
 
     @staticmethod
     def _messages(variant: Variant | None, req: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -177,7 +198,7 @@ class ChatService:
         status = "error"
         m.in_flight.labels(label).inc()
         try:
-            async with self._holding(request.adapter) as load_s:
+            async with self.gate.slot(label), self._holding(request.adapter) as load_s:
                 async for delta in self.engine.generate(request):
                     if first:
                         m.ttft.labels(label).observe(time.perf_counter() - start)

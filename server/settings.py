@@ -10,11 +10,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOGUE = REPO / "adapters" / "catalogue.yaml"
+
+
+class ApiKey(BaseModel):
+    """A key as configured: only its sha256 is stored, never the key itself."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal["chat", "admin"]] = Field(default_factory=lambda: ["chat"])
+    rpm: int | None = None
+    tpm: int | None = None
+    max_streams: int | None = None
 
 
 class Settings(BaseSettings):
@@ -101,6 +112,37 @@ class Settings(BaseSettings):
     )
     task_model: str | None = Field(
         default=None, description="Model id for background task requests; unset: the base model."
+    )
+
+    # Access, limits and faults (docs/SECURITY.md, docs/OPERATIONS.md).
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='JSON list of {"name", "sha256", "scopes", "rpm", "tpm", "max_streams"}.',
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="YAML/JSON file of hashed keys (`tutor keys create` writes it)."
+    )
+    public_health: bool = Field(default=True, description="/health needs no key.")
+    public_metrics: bool = Field(default=True, description="/metrics needs no key.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Browser origins allowed by CORS, e.g. ["*"].'
+    )
+    default_rpm: int = Field(default=0, description="Requests per minute per key; 0: no limit.")
+    default_tpm: int = Field(default=0, description="Tokens per minute per key; 0: no limit.")
+    default_max_streams: int = Field(
+        default=0, description="Concurrent requests per key; 0: no limit."
+    )
+    variant_concurrency: int = Field(
+        default=0, description="Concurrent generations per variant; 0: no limit."
+    )
+    variant_queue_timeout: float = Field(
+        default=5.0, description="Seconds a request waits for a busy variant before a 429."
+    )
+    max_body_bytes: int = Field(default=1_000_000, description="Largest request body.")
+    max_messages: int = Field(default=200, description="Most messages in one request.")
+    max_content_chars: int = Field(default=32_000, description="Longest message content.")
+    shutdown_grace: float = Field(
+        default=30.0, description="Seconds running streams may take to finish on shutdown."
     )
 
     @property

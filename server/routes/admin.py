@@ -6,31 +6,24 @@ Mounted only when an admin key is configured; every route needs it as a Bearer t
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.registry import PathNotAllowed, RegistryError, VersionNotFound
 from adapters.validation import AdapterValidationError
 from server.adapter_manager import AdapterManager
-from server.errors import AdapterNotFound, Conflict, InvalidAdapter, InvalidRequest, Unauthorized
+from server.auth import requires
+from server.errors import AdapterNotFound, Conflict, InvalidAdapter, InvalidRequest
 from server.routes.deps import ServiceDep
-from server.settings import SettingsDep
 
-
-def require_admin(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> None:
-    key = settings.admin_key.get_secret_value() if settings.admin_key else ""
-    scheme, _, token = (authorization or "").partition(" ")
-    if not key or scheme.lower() != "bearer" or not secrets.compare_digest(token, key):
-        raise Unauthorized("a valid admin key is required (Authorization: Bearer ...)")
-
-
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+router = APIRouter(
+    prefix="/admin",
+    dependencies=[Depends(requires("admin", open_without_keys=False))],
+    tags=["admin"],
+)
 
 
 class AddAdapter(BaseModel):

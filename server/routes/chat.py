@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from server.auth import Principal, requires
 from server.protocol import ChatCompletion, ChatCompletionRequest
 from server.routes.deps import ServiceDep
 from server.streaming import collect, sse_stream
@@ -13,9 +16,16 @@ router = APIRouter()
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
-async def create_chat_completion(body: ChatCompletionRequest, service: ServiceDep):
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    service: ServiceDep,
+    request: Request,
+    principal: Annotated[Principal, Depends(requires("chat"))],
+):
+    limiter = request.app.state.limiter
+    limiter.admit(principal)
     target, gen_request = await service.prepare(body)
-    deltas = service.generate(target, gen_request)
+    deltas = limiter.hold(principal, service.generate(target, gen_request))
     # Wait for the first delta before answering: an engine that is down or a bad adapter still
     # gets a real HTTP status instead of an error hidden inside a 200 stream.
     try:

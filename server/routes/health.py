@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from server.auth import requires_if
 from server.routes.deps import ServiceDep
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", dependencies=[Depends(requires_if("public_health", "chat"))])
 async def health(service: ServiceDep) -> dict:
     return {"status": "ok", **await service.engine.health()}
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(requires_if("public_metrics", "admin"))])
 async def metrics(service: ServiceDep) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

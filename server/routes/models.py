@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from server.auth import requires
 from server.errors import ModelNotFound
 from server.protocol import ModelCard, ModelList
 from server.routes.deps import ServiceDep
 from server.serving import ChatService
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(requires("chat"))])
 
 
 async def model_cards(service: ChatService) -> list[ModelCard]:

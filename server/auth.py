@@ -1,0 +1,138 @@
+"""Bearer API keys with scopes. Keys are configured by their sha256 only; a leaked config file
+does not leak a key.
+
+- ``chat`` opens ``/v1``; ``admin`` opens ``/admin``.
+- Keys are "on" as soon as one is configured (``TUTOR_API_KEYS`` or ``TUTOR_API_KEYS_FILE``):
+  then no ``/v1`` route answers without one. With no keys the service is for this machine only:
+  ``tutor serve`` binds 127.0.0.1 and says so.
+- ``TUTOR_ADMIN_KEY`` is a shortcut for one admin-only key; it does not switch chat keys on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from fastapi import Request
+
+from server.errors import Forbidden, Unauthorized
+from server.settings import ApiKey, Settings
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "tk-" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, and the limits that apply to them."""
+
+    name: str
+    scopes: frozenset[str]
+    rpm: int = 0
+    tpm: int = 0
+    max_streams: int = 0
+
+
+def load_key_file(path: Path) -> list[ApiKey]:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = raw.get("keys", []) if isinstance(raw, dict) else raw
+    return [ApiKey.model_validate(e) for e in entries]
+
+
+def save_key_file(path: Path, keys: list[ApiKey]) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    body = {"keys": [k.model_dump(exclude_none=True) for k in keys]}
+    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+class KeyStore:
+    def __init__(self, keys: list[ApiKey], settings: Settings, admin_key: str | None = None):
+        self._by_hash: dict[str, Principal] = {}
+        for k in keys:
+            self._by_hash[k.sha256] = Principal(
+                name=k.name,
+                scopes=frozenset(k.scopes),
+                rpm=settings.default_rpm if k.rpm is None else k.rpm,
+                tpm=settings.default_tpm if k.tpm is None else k.tpm,
+                max_streams=settings.default_max_streams
+                if k.max_streams is None
+                else k.max_streams,
+            )
+        self.keys_on = bool(self._by_hash)
+        if admin_key:
+            self._by_hash.setdefault(hash_key(admin_key), Principal("admin", frozenset({"admin"})))
+        self.anonymous = Principal(
+            "anonymous",
+            frozenset({"chat"}),
+            settings.default_rpm,
+            settings.default_tpm,
+            settings.default_max_streams,
+        )
+        self.public_health = settings.public_health
+        self.public_metrics = settings.public_metrics
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyStore:
+        keys = list(settings.api_keys)
+        if settings.api_keys_file is not None:
+            keys += load_key_file(settings.api_keys_file)
+        admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+        return cls(keys, settings, admin)
+
+    @property
+    def has_admin(self) -> bool:
+        return any("admin" in p.scopes for p in self._by_hash.values())
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return self._by_hash.get(hash_key(token.strip()))
+
+    def require(self, request: Request, scope: str, *, open_without_keys: bool) -> Principal:
+        principal = self.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            if open_without_keys and not self.keys_on:
+                return self.anonymous
+            raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
+        if scope not in principal.scopes:
+            raise Forbidden(f"this key lacks the {scope!r} scope", code="insufficient_scope")
+        return principal
+
+
+def requires(scope: str, *, open_without_keys: bool = True) -> Callable[[Request], Principal]:
+    """A dependency: the caller's principal, or 401/403."""
+
+    def dependency(request: Request) -> Principal:
+        store: KeyStore = request.app.state.keys
+        principal = store.require(request, scope, open_without_keys=open_without_keys)
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+def requires_if(flag: str, scope: str) -> Callable[[Request], Principal | None]:
+    """For /health and /metrics: open when the setting says so, else keyed."""
+
+    def dependency(request: Request) -> Principal | None:
+        store: KeyStore = request.app.state.keys
+        if getattr(store, flag):
+            return None
+        return store.require(request, scope, open_without_keys=False)
+
+    return dependency
