@@ -73,7 +73,7 @@ def serve(
     elif not gateway.state.keys.keys_on:
         log.warning("no API keys configured: open to anyone on this machine (127.0.0.1 only)")
     if settings.ui:
-        _mount_ui(gateway, host, settings.port)
+        _mount_ui(gateway, host, settings.port, settings.ui_api_key)
     uvicorn.run(
         gateway,
         host=host,
@@ -83,7 +83,7 @@ def serve(
     )
 
 
-def _mount_ui(gateway: Any, host: str, port: int) -> None:
+def _mount_ui(gateway: Any, host: str, port: int, key: Any = None) -> None:
     """Serve the Gradio tutor at /ui on the gateway's port; it calls the gateway over HTTP."""
     import importlib.util
 
@@ -93,7 +93,8 @@ def _mount_ui(gateway: Any, host: str, port: int) -> None:
     from ui.tutor_app import mount_ui
 
     local = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-    mount_ui(gateway, f"http://{f'[{local}]' if ':' in local else local}:{port}")
+    url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
+    mount_ui(gateway, url, api_key=key.get_secret_value() if key else "unused")
 
 
 @app.command("ui")

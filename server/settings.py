@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     task_model: str | None = Field(
         default=None, description="Model id for background task requests; unset: the base model."
     )
+    ui_api_key: SecretStr | None = Field(
+        default=None, description="Chat key the mounted /ui sends to the gateway when keys are on."
+    )
 
     # Access, limits and faults (docs/SECURITY.md, docs/OPERATIONS.md).
     api_keys: list[ApiKey] = Field(
