@@ -297,12 +297,24 @@ def _contains(haystack: list[str], needle: tuple[str, ...] | list[str]) -> bool:
     if n == 0:
         return False
     for i in range(len(haystack) - n + 1):
-        if all(
-            h == t or (t, h) in PERSPECTIVE_SWAPS
-            for h, t in zip(haystack[i : i + n], needle, strict=True)
-        ):
+        if all(_token_matches(h, t) for h, t in zip(haystack[i : i + n], needle, strict=True)):
             return True
     return False
+
+
+def _token_matches(reply_tok: str, form_tok: str) -> bool:
+    """Equal, a perspective swap, or the same form conjugated for "you" ("fui" -> "fuiste"):
+    a content word of three letters or more may come back with a longer ending."""
+    if reply_tok == form_tok or (form_tok, reply_tok) in PERSPECTIVE_SWAPS:
+        return True
+    return (
+        len(form_tok) >= 3
+        and not _IS_CJK.match(form_tok)
+        and form_tok not in _EN_WORDS
+        and form_tok not in _ES_WORDS
+        and reply_tok.startswith(form_tok)
+        and len(reply_tok) - len(form_tok) <= 3
+    )
 
 
 def target_form(utterance: str, correction: str) -> tuple[str, ...]:

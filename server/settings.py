@@ -148,6 +148,12 @@ class Settings(BaseSettings):
         default=30.0, description="Seconds running streams may take to finish on shutdown."
     )
 
+    # Training and evaluation data (train/data.py reads TUTOR_DATA_DIR the same way).
+    data_dir: Path | None = Field(
+        default=None,
+        description="Learner-error data (JFLEG, COWS-L2H, MuCGEC); default <repo>/../shared/data.",
+    )
+
     @property
     def registry_path(self) -> Path:
         return self.registry or self.home / "registry.sqlite"

@@ -171,28 +171,30 @@ EN_TENSE_CUES = re.compile(
 def _strip_accents(s: str) -> str:
     import unicodedata
 
-    return "".join(
-        c for c in unicodedata.normalize("NFD", s) if unicodedata.category(c) != "Mn"
-    ).lower()
+    return unicodedata.normalize("NFD", s.lower()).encode("ascii", "ignore").decode()
 
 
 def categorize(source: str, target: str, language: str) -> str | None:
     """A coarse error category from the first edit; None when the pair is unchanged."""
-    from eval.metrics import edit_regions, tokens
+    from difflib import SequenceMatcher
+
+    from eval.metrics import tokens
 
     if source == target:
         return None
     if language != "zh" and _strip_accents(source) == _strip_accents(target):
         return "accent" if language == "es" else "spelling"
     src, tgt = tokens(source, language), tokens(target, language)
-    if sorted(t.lower() for t in src) == sorted(t.lower() for t in tgt):
-        return "word_order"
-    regions = edit_regions(source, target, language)
-    if not regions:
+    if sorted(src) == sorted(tgt):
+        return "word_order" if src != tgt else "punctuation"
+    first = next(
+        (op for op in SequenceMatcher(None, src, tgt, False).get_opcodes() if op[0] != "equal"),
+        None,
+    )
+    if first is None:
         return "punctuation"
-    r = regions[0]
-    removed = [t.lower() for t in r.source]
-    added = [t.lower() for t in r.target]
+    _, i1, i2, j1, j2 = first
+    removed, added = src[i1:i2], tgt[j1:j2]
     changed = set(removed) | set(added)
     if all(not any(ch.isalnum() for ch in t) for t in changed):
         return "punctuation"
@@ -265,10 +267,12 @@ def load_jfleg(root: Path) -> list[ErrorRecord]:
     return out
 
 
-def load_cowsl2h(root: Path) -> list[ErrorRecord]:
+def load_cowsl2h(root: Path, limit: int | None = None) -> list[ErrorRecord]:
     """COWS-L2H sentence pairs; L2 vs heritage from the course number; grouped by essay."""
     out = []
-    for row in read_jsonl(root / "cowsl2h" / "cowsl2h_sentence_pairs.jsonl"):
+    for n, row in enumerate(read_jsonl(root / "cowsl2h" / "cowsl2h_sentence_pairs.jsonl")):
+        if limit is not None and n >= limit:
+            break
         source, target = row["source"].strip(), row["target"].strip()
         if not source or not target:
             continue

@@ -452,7 +452,10 @@ def generate_dialogues(
 
     async def run() -> int:
         written = 0
-        window = max(1, getattr(getattr(generator, "semaphore", None), "_value", 1) * 2)
+        semaphore = getattr(generator, "semaphore", None)
+        # A concurrent generator keeps 2x its concurrency in flight and writes rows as they
+        # finish; a sequential one writes in plan order, so its file is byte-reproducible.
+        window = semaphore._value * 2 if semaphore is not None else 1
         with writer:
             pending: set[asyncio.Task[dict[str, Any]]] = set()
             queue = iter(todo)
@@ -467,7 +470,7 @@ def generate_dialogues(
                 if not pending:
                     break
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
+                for task in sorted(finished, key=lambda t: t.result()["idx"]):
                     row = task.result()
                     writer.append(row)
                     written += 1

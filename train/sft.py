@@ -314,6 +314,7 @@ def make_callback(
     base_source: str,
     parent: str | None,
     data_manifest: dict[str, Any] | None,
+    starts_from_adapter: bool = False,
 ) -> Any:
     from transformers import TrainerCallback
 
@@ -337,8 +338,11 @@ def make_callback(
 
         def on_train_begin(self, args, state, control, model=None, **kw):  # noqa: ANN001
             if encoded_eval and state.global_step == 0 and model is not None:
-                base = self._base(model)
-                start = heldout_nll(model, encoded_eval)
+                base = self._base(model)  # every rank runs the forward passes (FSDP shards)
+                # A fresh LoRA (B = 0) is the base: score it only when starting from an adapter.
+                start = heldout_nll(model, encoded_eval) if starts_from_adapter else base
+                if not state.is_world_process_zero:
+                    return
                 _append_jsonl(
                     metrics_path,
                     {
@@ -353,7 +357,7 @@ def make_callback(
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             logs = logs or {}
-            if "loss" not in logs:
+            if "loss" not in logs or not state.is_world_process_zero:
                 return
             now = time.monotonic()
             tokens = float(logs.get("num_tokens", state.num_input_tokens_seen or 0))
@@ -378,6 +382,12 @@ def make_callback(
 
         def on_save(self, args, state, control, model=None, **kw):  # noqa: ANN001
             step = state.global_step
+            nll = base = None
+            if encoded_eval and model is not None:  # on every rank, for sharded models
+                base = self._base(model)
+                nll = heldout_nll(model, encoded_eval)
+            if not state.is_world_process_zero:  # one rank exports, writes and registers
+                return
             ckpt = Path(args.output_dir) / f"checkpoint-{step}"
             adapter = export_adapter(ckpt, run_dir / "adapters" / f"step-{step:05d}")
             row: dict[str, Any] = {
@@ -385,9 +395,7 @@ def make_callback(
                 "train_loss": self.last_loss,
                 "adapter": str(adapter),
             }
-            if encoded_eval and model is not None:
-                base = self._base(model)
-                nll = heldout_nll(model, encoded_eval)
+            if nll is not None and base is not None:
                 row.update(
                     eval_nll_base=base,
                     eval_ppl_base=math.exp(base),
@@ -510,6 +518,7 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
         base_source=base_source,
         parent=parent,
         data_manifest=data_manifest,
+        starts_from_adapter=init_path is not None,
     )
     trainer = SFTTrainer(
         model=model,

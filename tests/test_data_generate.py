@@ -1,0 +1,181 @@
+"""Dialogue generation: mode assignment, multi-turn, kill-safe resume, and a teacher over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from train.data import data_dir, load_split, read_jsonl, write_splits
+from train.gates import gate
+from train.generate import (
+    MODES,
+    GenJob,
+    ResumableJsonl,
+    TeacherGenerator,
+    assign_modes,
+    generate_dialogues,
+    plan,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
+
+
+@pytest.fixture(scope="module")
+def split_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    write_splits(["jfleg", "mucgec", "l1bank"], home=home)
+    return home
+
+
+def test_mode_assignment_blocks_and_interleave() -> None:
+    assert assign_modes(10, "block:3", 0) == [
+        "recast", "recast", "recast", "elicitation", "elicitation", "elicitation",
+        "expansion", "expansion", "expansion", "metalinguistic",
+    ]  # fmt: skip
+    inter = assign_modes(400, "interleave", 7)
+    assert Counter(inter) == {m: 100 for m in MODES}
+    assert all(set(inter[i : i + 4]) == set(MODES) for i in range(0, 400, 4))
+    assert inter == assign_modes(400, "interleave", 7) != assign_modes(400, "interleave", 8)
+    with pytest.raises(ValueError):
+        assign_modes(4, "random", 0)
+
+
+def test_plan_is_deterministic_and_has_multi_turn(split_home: Path) -> None:
+    records = load_split("jfleg", "train", home=split_home)
+    job = GenJob(
+        name="j", source="jfleg", variant="tutor", limit=200, multi_turn=0.4, language="en"
+    )
+    a, b = plan(job, records), plan(job, records)
+    assert [(i.record.id, i.mode, i.multi) for i in a] == [
+        (i.record.id, i.mode, i.multi) for i in b
+    ]
+    assert 40 < sum(i.multi for i in a) < 120
+    assert all(i.follow is not None for i in a if i.multi and i.mode in ("recast", "expansion"))
+
+
+def test_generated_dialogues_pass_the_gates_in_every_language(
+    split_home: Path, tmp_path: Path
+) -> None:
+    for source, variant in (
+        ("jfleg", "tutor"),
+        ("mucgec", "tutor-zh-l2"),
+        ("l1bank", "tutor-es-l2"),
+    ):
+        job = GenJob(name=source, source=source, variant=variant, limit=80, multi_turn=0.5)
+        res = generate_dialogues(job, tmp_path / f"{source}.jsonl", home=split_home, progress=False)
+        rows = list(read_jsonl(res.path))
+        assert len(rows) == res.total == res.written > 0
+        kept, report = gate(rows)
+        assert len(kept) >= 0.8 * len(rows), report.to_dict()
+        assert {r["mode"] for r in kept} == set(MODES)
+        multi = [r for r in rows if r["multi_turn"]]
+        assert multi and all(len(r["messages"]) == 5 and len(r["turns"]) == 2 for r in multi)
+        assert all(r["language"] == job.language for r in rows)
+        assert rows[0]["messages"][0]["role"] == "system" and "generator" in rows[0]
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_resume_after_sigkill_loses_and_duplicates_nothing(
+    split_home: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "killed.jsonl"
+    args = [
+        sys.executable, "-m", "train.cli", "data", "generate", "--source", "jfleg",
+        "--variant", "tutor", "--limit", "300", "--seed", "3", "--out", str(out),
+        "--home", str(split_home), "--max-rate", "150",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while _lines(out) < 40 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = _lines(out)
+    assert 40 <= before < 300, "the kill must land mid-run"
+    with open(out, "ab") as f:  # what a kill in the middle of a write leaves behind
+        f.write(b'{"idx": 99999, "torn')
+
+    resumed = subprocess.run(args[:-2], cwd=REPO, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{300 - before} written, {before} already there, 300 planned" in resumed.stdout
+
+    rows = list(read_jsonl(out))
+    assert sorted(r["idx"] for r in rows) == list(range(300))  # nothing lost, nothing twice
+    reference = tmp_path / "reference.jsonl"
+    job = GenJob(name="killed", source="jfleg", variant="tutor", limit=300, seed=3)
+    generate_dialogues(job, reference, home=split_home, progress=False)
+    by_idx = {r["idx"]: r for r in read_jsonl(reference)}
+    assert all(r == by_idx[r["idx"]] for r in rows)  # the same rows as an uninterrupted run
+    index = json.loads(out.with_name(out.name + ".progress.json").read_text())
+    assert index["done"] == 300 and index["bytes"] == out.stat().st_size
+
+
+def test_a_different_plan_refuses_to_append(tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    ResumableJsonl(out, "plan-a", 3).recover()
+    with pytest.raises(RuntimeError, match="different plan"):
+        ResumableJsonl(out, "plan-b", 3).recover()
+    assert ResumableJsonl(out, "plan-b", 3).recover(restart=True).done == set()
+
+
+def flaky_proxy(upstream: str, failures: int) -> tuple[FastAPI, list[int]]:
+    """A real HTTP hop that answers 503 to the first ``failures`` requests, then forwards."""
+    app = FastAPI()
+    seen: list[int] = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        seen.append(1)
+        if len(seen) <= failures:
+            return JSONResponse(
+                {"error": {"message": "busy", "type": "overloaded"}}, status_code=503
+            )
+        async with httpx.AsyncClient(timeout=120) as client:
+            r = await client.post(f"{upstream}/v1/chat/completions", content=await request.body(),
+                                  headers={"content-type": "application/json"})  # fmt: skip
+        return JSONResponse(r.json(), status_code=r.status_code)
+
+    return app, seen
+
+
+def test_teacher_generator_over_a_real_gateway_with_retries(
+    split_home: Path, tmp_path: Path, tiny_settings
+) -> None:
+    from server.app import create_app
+    from tests.support import running_server
+
+    job = GenJob(name="teach", source="l1bank", variant="tutor", limit=4, multi_turn=1.0)
+    with running_server(create_app(tiny_settings)) as gateway:
+        proxy, seen = flaky_proxy(gateway, failures=2)
+        with running_server(proxy) as url:
+            teacher = TeacherGenerator(
+                f"{url}/v1", "tutor", concurrency=2, retries=3, backoff=0.05, max_tokens=12
+            )
+            res = generate_dialogues(job, tmp_path / "t.jsonl", generator=teacher,
+                                     home=split_home, progress=False)  # fmt: skip
+    rows = list(read_jsonl(res.path))
+    assistant_turns = sum(len(r["turns"]) for r in rows)
+    assert len(rows) == res.total == 4
+    assert teacher.failures == 2 and teacher.calls == assistant_turns + 2 == len(seen)
+    assert all(r["generator"] == "teacher:tutor" for r in rows)
+    assert all(m["content"] for r in rows for m in r["messages"] if m["role"] == "assistant")
+    # A random tiny model is a poor teacher: the gates account for every row it wrote.
+    kept, report = gate(rows)
+    assert report.total == 4 and report.kept + sum(report.dropped.values()) == 4

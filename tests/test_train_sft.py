@@ -1,0 +1,147 @@
+"""LoRA SFT end to end on the tiny model: Stage 1 and Stage 2, registered, served, exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from train.data import data_dir, read_jsonl, write_splits
+from train.generate import GenJob, generate_dialogues
+from train.sft import load_config, run_sft
+
+pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
+
+
+@pytest.fixture(scope="module")
+def home(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh TUTOR_HOME (registry, runs) that borrows the prepared models."""
+    home = tmp_path_factory.mktemp("home")
+    (home / "models").symlink_to(tiny_path.parent, target_is_directory=True)
+    write_splits(["l1bank"], home=home)
+    return home
+
+
+def _dialogues(home: Path, variant: str, split: str, limit: int) -> Path:
+    out = home / "data" / f"{variant}-{split}.jsonl"
+    job = GenJob(name=f"{variant}-{split}", source="l1bank", variant=variant, split=split,
+                 limit=limit, multi_turn=0.5)  # fmt: skip
+    generate_dialogues(job, out, home=home, progress=False)
+    return out
+
+
+def _config(home: Path, variant: str, train: Path, eval_: Path, steps: int, *extra: str):
+    return load_config(
+        None,
+        [
+            "model.name=tiny-qwen3",
+            "model.dtype=float32",
+            f"data.train={train}",
+            f"data.eval={eval_}",
+            "data.max_eval_rows=4",
+            "lora.r=8",
+            f"run.variant={variant}",
+            f"run.name={variant}-test",
+            f"run.home={home}",
+            f"training.max_steps={steps}",
+            "training.save_steps=1",
+            "training.logging_steps=1",
+            "training.per_device_train_batch_size=2",
+            "training.learning_rate=0.01",
+            "training.warmup_steps=0",
+            "training.max_length=384",
+            "training.bf16=false",
+            *extra,
+        ],
+    )
+
+
+def _reply(url: str, model: str) -> str:
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    out = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Yesterday I go to the store with my sister."}],
+        temperature=0,
+        max_tokens=12,
+    )
+    return out.choices[0].message.content or ""
+
+
+def test_stage1_then_stage2_registered_served_and_exported(home: Path) -> None:
+    from adapters.registry import Registry
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.support import running_server
+    from train.export import export_ollama
+
+    train_en = _dialogues(home, "tutor", "train", 6)
+    eval_en = _dialogues(home, "tutor", "eval", 4)
+    stage1 = run_sft(_config(home, "tutor", train_en, eval_en, 2))
+
+    # Every checkpoint: a clean adapter, held-out perplexity (base vs adapter), a registry version.
+    assert stage1.versions == ["tutor@1", "tutor@2"]
+    metrics = [m for m in read_jsonl(stage1.run_dir / "metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert metrics[0]["eval_ppl_adapter"] == metrics[0]["eval_ppl_base"]  # a fresh LoRA is the base
+    assert metrics[-1]["eval_ppl_adapter"] != metrics[-1]["eval_ppl_base"]
+    assert all(m["eval_ppl_base"] == metrics[0]["eval_ppl_base"] for m in metrics)
+    progress = list(read_jsonl(stage1.run_dir / "progress.jsonl"))
+    assert progress and all(p["tokens_per_s"] > 0 and p["loss"] > 0 for p in progress)
+    assert sorted(p.name for p in (stage1.run_dir / "adapters" / "step-00002").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+    settings = Settings(home=home, model="tiny-qwen3", engine="transformers")
+    reg = Registry.from_settings(settings)
+    v1 = reg.get("tutor@2")
+    assert v1.parent is None and v1.source["step"] == 2 and v1.source["run"] == "tutor-test"
+    assert v1.eval_summary["heldout"]["eval_ppl_adapter"] == metrics[-1]["eval_ppl_adapter"]
+
+    # Stage 2 continues from the Stage 1 version, and says so in its lineage.
+    train_es = _dialogues(home, "tutor-es-l2", "train", 4)
+    eval_es = _dialogues(home, "tutor-es-l2", "eval", 2)
+    stage2 = run_sft(
+        _config(home, "tutor-es-l2", train_es, eval_es, 1, "lora.init_adapter=tutor@latest")
+    )
+    v2 = reg.get(stage2.versions[-1])
+    assert v2.name == "tutor-es-l2@1" and v2.parent == "tutor@2" and v2.rank == 8
+    first = next(read_jsonl(stage2.run_dir / "metrics.jsonl"))
+    assert first["step"] == 0 and first["eval_ppl_adapter"] != first["eval_ppl_base"]
+    config = json.loads((stage2.run_dir / "config.json").read_text())
+    assert config["resolved"]["parent"] == "tutor@2"
+
+    # The gateway serves the registered adapter, and it changes what the variant says.
+    with running_server(create_app(settings)) as url:
+        base_reply = _reply(url, "tutor")
+    tuned = settings.model_copy(update={"adapters": {"tutor": str(v1.path)}})
+    with running_server(create_app(tuned)) as url:
+        tuned_reply = _reply(url, "tutor")
+    assert tuned_reply != base_reply
+
+    # Ollama: a Modelfile layering the adapter, or merged weights.
+    modelfile = export_ollama("tutor@2", home / "ollama", base="qwen3:8b", home=home)
+    text = modelfile.read_text()
+    assert "FROM qwen3:8b" in text and "ADAPTER ./adapter" in text
+    assert (home / "ollama" / "adapter" / "adapter_model.safetensors").is_file()
+    merged = export_ollama(str(v2.path), home / "ollama-merged", merged=True, home=home)
+    assert "FROM ./merged" in merged.read_text() and "ADAPTER" not in merged.read_text()
+    assert (home / "ollama-merged" / "merged" / "config.json").is_file()
+
+
+def test_config_yaml_and_overrides(tmp_path: Path) -> None:
+    from train.sft import config_help
+
+    cfg = load_config(
+        Path(__file__).resolve().parent.parent / "train/configs/stage1-smollm2.yaml",
+        ["training.max_steps=7", "lora.r=4", "run.name=x"],
+    )
+    assert cfg.training["max_steps"] == 7 and cfg.lora.r == 4 and cfg.run.name == "x"
+    assert cfg.training["save_steps"] == 50 and cfg.model.name == "smollm2-135m-instruct"
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(None, ["lora.rank=4"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config(None, ["max_steps=4"])
+    assert "lora.init_adapter" in config_help()
