@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from adapters.cli import app as adapters_app
+from server.keys_cli import app as keys_app
 from train.cli import data_app, train_app
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and list base models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(keys_app, name="keys")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 

@@ -141,3 +141,24 @@ def completion_id() -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, used for every error this API returns."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the errors a route can answer with."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+COMMON_ERRORS = (400, 401, 403, 429, 500, 503)

@@ -7,6 +7,7 @@ non-streaming replies both come from ``ChatService.generate``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -210,7 +211,7 @@ class ChatService:
                         m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
                         status = "ok"
                     yield delta
-        except GeneratorExit:  # the consumer stopped early: a client that went away
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away
             if status != "ok":
                 status = "cancelled"
             raise

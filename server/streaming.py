@@ -6,9 +6,10 @@ stream. Errors after the first byte of a stream are sent as an error event, then
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
+
+import orjson
 
 from server.engines.base import TextDelta
 from server.errors import as_tutor_error
@@ -18,12 +19,53 @@ DONE = b"data: [DONE]\n\n"
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    # orjson writes what json.dumps(ensure_ascii=False, separators=(",", ":")) writes, faster
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _usage(delta: TextDelta) -> dict[str, int]:
     p, c = delta.prompt_tokens or 0, delta.completion_tokens or 0
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+_OPEN = b',"logprobs":null,"finish_reason":null}]}\n\n'  # the end of a chunk that goes on
+
+
+class _Events:
+    """The chunk events of one completion, each the bytes ``_sse`` would make of its dict.
+
+    What is the same in every chunk (id, created, model) is serialised once; a token costs one
+    orjson call on its text.
+    """
+
+    __slots__ = ("_choice", "_usage")
+
+    def __init__(self, cid: str, created: int, model: str) -> None:
+        head = b"".join(
+            [
+                b'data: {"id":',
+                orjson.dumps(cid),
+                b',"object":"chat.completion.chunk","created":',
+                orjson.dumps(created),
+                b',"model":',
+                orjson.dumps(model),
+            ]
+        )
+        self._choice = head + b',"choices":[{"index":0,"delta":'
+        self._usage = head + b',"choices":[],"usage":'
+
+    def role(self) -> bytes:
+        return self._choice + b'{"role":"assistant","content":""}' + _OPEN
+
+    def content(self, text: str) -> bytes:
+        return self._choice + b'{"content":' + orjson.dumps(text) + b"}" + _OPEN
+
+    def finish(self, reason: str) -> bytes:
+        end = b',"logprobs":null,"finish_reason":' + orjson.dumps(reason) + b"}]}\n\n"
+        return self._choice + b"{}" + end
+
+    def usage(self, delta: TextDelta) -> bytes:
+        return self._usage + orjson.dumps(_usage(delta)) + b"}\n\n"
 
 
 async def sse_stream(
@@ -33,46 +75,36 @@ async def sse_stream(
     model: str,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    cid, created = completion_id(), now()
+    """SSE bytes: a role chunk, a chunk per delta, the finish chunk, usage if asked, [DONE].
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse(
-            {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [choice],
-            }
-        )
-
-    yield chunk({"role": "assistant", "content": ""})
+    Events go out as soon as they are known, but events already in hand together share one
+    write: the role chunk rides with the first token, a delta marked ``extra["more"]`` (the
+    engine holds the next one already) waits for it, and the last events ride with [DONE]. Only
+    the number of writes changes, never the events or their timing: nothing waits for I/O to
+    batch.
+    """
+    events = _Events(completion_id(), now(), model)
+    pending = [events.role()]
     delta: TextDelta | None = first
     try:
         while delta is not None:
             if delta.text:
-                yield chunk({"content": delta.text})
+                pending.append(events.content(delta.text))
             if delta.finish_reason is not None:
-                yield chunk({}, delta.finish_reason)
+                pending.append(events.finish(delta.finish_reason))
                 if include_usage:
-                    yield _sse(
-                        {
-                            "id": cid,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": model,
-                            "choices": [],
-                            "usage": _usage(delta),
-                        }
-                    )
+                    pending.append(events.usage(delta))
                 break
+            if pending and not delta.extra.get("more"):
+                yield b"".join(pending)
+                pending = []
             delta = await anext(rest, None)
     except Exception as exc:  # noqa: BLE001 - reported in-band, the status line is long gone
-        yield _sse(as_tutor_error(exc).body())
+        pending.append(_sse(as_tutor_error(exc).body()))
     finally:
-        await rest.aclose()
-    yield DONE
+        await rest.aclose()  # before [DONE]: the request's metrics are final when it arrives
+    pending.append(DONE)
+    yield b"".join(pending)
 
 
 async def collect(

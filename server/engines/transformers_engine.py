@@ -41,6 +41,7 @@ class TransformersEngine(Engine):
         self._tokenizer: Any = None
         self._adapters: dict[str, AdapterRef] = {}
         self._eos_ids: list[int] = []
+        self._generating = False  # the worker is producing tokens right now
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -53,7 +54,12 @@ class TransformersEngine(Engine):
     async def health(self) -> dict[str, Any]:
         if self._model is None:
             raise EngineUnavailable("the transformers engine has not loaded its model")
-        return {"engine": self.name, "model": self.model_source, "adapters": sorted(self._adapters)}
+        return {
+            "engine": self.name,
+            "model": self.model_source,
+            "adapters": sorted(self._adapters),
+            "generating": self._generating,
+        }
 
     def _load_base(self) -> None:
         import torch
@@ -141,11 +147,14 @@ class TransformersEngine(Engine):
         try:
             if cancel.is_set():
                 return
+            self._generating = True
             self._generate_inner(request, emit, cancel)
         except _Cancelled:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             emit(exc)
+        finally:
+            self._generating = False
 
     def _generate_inner(
         self,

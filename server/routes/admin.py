@@ -17,12 +17,14 @@ from adapters.validation import AdapterValidationError
 from server.adapter_manager import AdapterManager
 from server.auth import requires
 from server.errors import AdapterNotFound, Conflict, InvalidAdapter, InvalidRequest
+from server.protocol import COMMON_ERRORS, error_responses
 from server.routes.deps import ServiceDep
 
 router = APIRouter(
     prefix="/admin",
     dependencies=[Depends(requires("admin", open_without_keys=False))],
     tags=["admin"],
+    responses=error_responses(*COMMON_ERRORS, 404, 409, 422, 502),
 )
 
 

@@ -8,14 +8,29 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth import Principal, requires
-from server.protocol import ChatCompletion, ChatCompletionRequest
+from server.protocol import (
+    COMMON_ERRORS,
+    ChatCompletion,
+    ChatCompletionRequest,
+    error_responses,
+)
 from server.routes.deps import ServiceDep
 from server.streaming import collect, sse_stream
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "A completion, or with `stream` an SSE stream of chunks",
+        },
+        **error_responses(*COMMON_ERRORS, 404, 422, 502),
+    },
+)
 async def create_chat_completion(
     body: ChatCompletionRequest,
     service: ServiceDep,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from server.auth import requires
 from server.errors import ModelNotFound
-from server.protocol import ModelCard, ModelList
+from server.protocol import COMMON_ERRORS, ModelCard, ModelList, error_responses
 from server.routes.deps import ServiceDep
 from server.serving import ChatService
 
@@ -52,13 +52,21 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
     return cards
 
 
-@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    response_model_exclude_none=True,
+    responses=error_responses(*COMMON_ERRORS),
+)
 async def list_models(service: ServiceDep) -> ModelList:
     return ModelList(data=await model_cards(service))
 
 
 @router.get(
-    "/v1/models/{model_id:path}", response_model=ModelCard, response_model_exclude_none=True
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    response_model_exclude_none=True,
+    responses=error_responses(*COMMON_ERRORS, 404),
 )
 async def get_model(model_id: str, service: ServiceDep) -> ModelCard:
     for card in await model_cards(service):

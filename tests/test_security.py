@@ -1,0 +1,591 @@
+"""Keys and scopes, rate limits, quotas, hostile input, disconnects, timeouts, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.auth import hash_key
+from server.settings import Settings
+from tests.support import free_port, running_server
+
+CHAT_KEY, ADMIN_KEY, LIMITED_KEY, TOKEN_KEY = "tk-chat", "tk-admin", "tk-limited", "tk-tokens"
+LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
+TUTOR = shutil.which("tutor", path=str(Path(sys.executable).parent)) or "tutor"
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _admin_operations(app) -> list[tuple[str, str]]:
+    """Every admin operation the app publishes, with its path parameters filled in."""
+    return [
+        (path.replace("{name}", "tutor@1").replace("{variant}", "tutor"), method.upper())
+        for path, ops in app.openapi()["paths"].items()
+        if path.startswith("/admin")
+        for method in ops
+    ]
+
+
+def _error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@pytest.fixture(scope="module")
+def keyed(tutor_home, tiny_path):
+    settings = Settings(
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="transformers",
+        api_keys=[
+            {"name": "school", "sha256": hash_key(CHAT_KEY), "scopes": ["chat"]},
+            {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
+            {
+                "name": "small",
+                "sha256": hash_key(LIMITED_KEY),
+                "scopes": ["chat"],
+                "rpm": 3,
+                "max_streams": 1,
+            },
+            {"name": "frugal", "sha256": hash_key(TOKEN_KEY), "scopes": ["chat"], "tpm": 60},
+        ],
+        public_metrics=False,
+        variant_concurrency=1,
+        variant_queue_timeout=0.3,
+        max_body_bytes=20_000,
+        max_messages=8,
+        max_content_chars=2_000,
+        cors_origins=["https://webui.example"],
+    )
+    app = create_app(settings)
+    with running_server(app) as url:
+        yield url, app
+
+
+def test_no_route_works_without_a_key_when_keys_are_on(keyed):
+    url, app = keyed
+    probes = {
+        "/v1/models": "GET",
+        "/v1/models/tutor": "GET",
+        "/v1/chat/completions": "POST",
+        "/metrics": "GET",
+    }
+    for path, method in _admin_operations(app):
+        probes[path] = method
+    assert any(p.startswith("/admin") for p in probes)
+    for path, method in probes.items():
+        for headers in ({}, _auth("tk-wrong"), {"Authorization": "Basic abc"}):
+            r = httpx.request(method, f"{url}{path}", headers=headers, json={})
+            assert _error(r, 401)["type"] == "authentication_error", path
+    assert httpx.get(f"{url}/health").status_code == 200  # public by default
+
+
+def test_every_admin_route_refuses_chat_keys_and_chat_refuses_admin_only_keys(keyed):
+    url, app = keyed
+    operations = _admin_operations(app)
+    assert len(operations) >= 7
+    for path, method in operations:
+        r = httpx.request(method, f"{url}{path}", headers=_auth(CHAT_KEY), json={})
+        assert _error(r, 403)["code"] == "insufficient_scope", (method, path)
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=_auth(ADMIN_KEY),
+        json={"model": "tutor", "messages": LEARNER, "max_tokens": 2},
+    )
+    assert _error(r, 403)["type"] == "permission_error"
+    assert httpx.get(f"{url}/admin/variants", headers=_auth(ADMIN_KEY)).status_code == 200
+    assert httpx.get(f"{url}/metrics", headers=_auth(ADMIN_KEY)).status_code == 200
+    assert httpx.get(f"{url}/metrics", headers=_auth(CHAT_KEY)).status_code == 403
+    ok = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=_auth(CHAT_KEY),
+        json={"model": "tutor", "messages": LEARNER, "max_tokens": 2},
+    )
+    assert ok.status_code == 200
+
+
+def test_cors_allows_the_configured_origin_only(keyed):
+    url, _ = keyed
+    pre = {
+        "Origin": "https://webui.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    r = httpx.options(f"{url}/v1/chat/completions", headers=pre)
+    assert r.headers["access-control-allow-origin"] == "https://webui.example"
+    r = httpx.options(
+        f"{url}/v1/chat/completions", headers={**pre, "Origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_requests_per_minute_and_concurrent_streams_per_key(keyed):
+    url, _ = keyed
+    body = {"model": "tutor", "messages": LEARNER, "max_tokens": 2}
+
+    # one long stream holds the key's only slot (closed early: its generation is cancelled)
+    long = {
+        **body,
+        "model": "tutor-es-l2",
+        "max_tokens": 3000,
+        "stream": True,
+        "temperature": 1.0,
+        "seed": 3,
+    }
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=long, headers=_auth(LIMITED_KEY), timeout=60
+    ) as s:
+        lines = s.iter_lines()  # keep it: a dropped iterator closes the stream
+        next(lines)
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=_auth(LIMITED_KEY))
+        assert _error(r, 429)["code"] == "too_many_streams"
+        assert r.headers["retry-after"] == "1"
+    # 3 requests per minute: the stream was the first, the refused one did not count
+    for _ in range(2):
+        assert (
+            httpx.post(
+                f"{url}/v1/chat/completions", json=body, headers=_auth(LIMITED_KEY)
+            ).status_code
+            == 200
+        )
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=_auth(LIMITED_KEY))
+    err = _error(r, 429)
+    assert err["type"] == "rate_limit_error" and "3 requests per minute" in err["message"]
+    assert 1 <= int(r.headers["retry-after"]) <= 20
+    # other keys are not affected
+    assert (
+        httpx.post(f"{url}/v1/chat/completions", json=body, headers=_auth(CHAT_KEY)).status_code
+        == 200
+    )
+
+
+def test_tokens_per_minute_per_key(keyed):
+    url, _ = keyed
+    body = {"model": "tutor", "messages": LEARNER, "max_tokens": 4}
+    first = httpx.post(f"{url}/v1/chat/completions", json=body, headers=_auth(TOKEN_KEY))
+    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 60
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=_auth(TOKEN_KEY))
+    assert "60 tokens per minute" in _error(r, 429)["message"]
+    assert int(r.headers["retry-after"]) >= 1
+
+
+def test_a_busy_variant_gets_429_and_does_not_starve_the_others(keyed):
+    url, _ = keyed
+    long = {
+        "model": "tutor-zh-l2",
+        "messages": LEARNER,
+        "max_tokens": 200,
+        "stream": True,
+        "temperature": 1.0,
+        "seed": 4,
+    }
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json=long, headers=_auth(CHAT_KEY), timeout=60
+    ) as s:
+        lines = s.iter_lines()
+        next(lines)
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            headers=_auth(CHAT_KEY),
+            json={**long, "stream": False, "max_tokens": 2},
+        )
+        assert _error(r, 429)["code"] == "variant_busy"
+        other = httpx.post(
+            f"{url}/v1/chat/completions",
+            headers=_auth(CHAT_KEY),
+            timeout=60,
+            json={"model": "tutor-es-heritage", "messages": LEARNER, "max_tokens": 2},
+        )
+        assert other.status_code == 200
+        for _ in lines:
+            pass
+
+
+def _deep(n: int) -> bytes:
+    return b'{"model": "tutor", "messages": ' + b"[" * n + b"]" * n + b"}"
+
+
+HOSTILE = [
+    ("malformed json", b'{"model": "tutor", "messages": [', 400, None),
+    ("not an object", b'"tutor"', 400, None),
+    ("wrong type", json.dumps({"model": 7, "messages": LEARNER}).encode(), 400, "model"),
+    (
+        "content object",
+        json.dumps(
+            {"model": "tutor", "messages": [{"role": "user", "content": {"a": 1}}]}
+        ).encode(),
+        400,
+        "messages.0.content",
+    ),
+    (
+        "huge string",
+        json.dumps(
+            {"model": "tutor", "messages": [{"role": "user", "content": "a" * 5000}]}
+        ).encode(),
+        400,
+        "messages.0.content",
+    ),
+    (
+        "huge body",
+        json.dumps({"model": "tutor", "messages": LEARNER, "pad": "x" * 50_000}).encode(),
+        400,
+        "body",
+    ),
+    ("deep nesting", _deep(5000), 400, None),
+    (
+        "invalid utf-8",
+        b'{"model": "tutor", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        400,
+        None,
+    ),
+    (
+        "null byte",
+        json.dumps(
+            {"model": "tutor", "messages": [{"role": "user", "content": "a\u0000b"}]}
+        ).encode(),
+        400,
+        "messages.0.content",
+    ),
+    (
+        "negative max_tokens",
+        json.dumps({"model": "tutor", "messages": LEARNER, "max_tokens": -5}).encode(),
+        400,
+        "max_tokens",
+    ),
+    (
+        "huge max_tokens",
+        json.dumps({"model": "tutor", "messages": LEARNER, "max_tokens": 10**12}).encode(),
+        400,
+        "max_tokens",
+    ),
+    (
+        "unknown role",
+        json.dumps({"model": "tutor", "messages": [{"role": "root", "content": "hi"}]}).encode(),
+        400,
+        "messages.0.role",
+    ),
+    ("empty messages", json.dumps({"model": "tutor", "messages": []}).encode(), 400, "messages"),
+    (
+        "too many messages",
+        json.dumps({"model": "tutor", "messages": LEARNER * 9}).encode(),
+        400,
+        "messages",
+    ),
+    (
+        "nan temperature",
+        b'{"model": "tutor", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+        400,
+        "temperature",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "status", "param"), HOSTILE, ids=[h[0] for h in HOSTILE]
+)
+def test_hostile_inputs(keyed, name, content, status, param):
+    url, _ = keyed
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        content=content,
+        headers={**_auth(CHAT_KEY), "content-type": "application/json"},
+    )
+    err = _error(r, status)
+    if param is not None:
+        assert err["param"] == param, err
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_adapter_paths_that_escape_the_roots_are_refused(keyed, tiny_adapters):
+    url, _ = keyed
+    for path in ["../../etc", "/etc/passwd", str(tiny_adapters["es"]) + "/../../../../etc"]:
+        r = httpx.post(
+            f"{url}/admin/adapters",
+            headers=_auth(ADMIN_KEY),
+            json={"path": path, "variant": "tutor"},
+        )
+        assert _error(r, 400)["param"] == "path"
+
+
+def test_header_injection_is_refused_by_the_http_layer(keyed):
+    url, _ = keyed
+    port = int(url.rsplit(":", 1)[1])
+    attempts = [
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Evil: a\rb\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\x00b\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n",
+    ]
+    for raw in attempts:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(raw)
+            reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=_auth(CHAT_KEY),
+        json={"model": "tutor\r\nX-Injected: 1", "messages": LEARNER},
+    )
+    assert _error(r, 404)["param"] == "model"
+    assert "x-injected" not in r.headers
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_client_disconnect_cancels_generation(tutor_home, tiny_path):
+    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
+    with running_server(create_app(settings)) as url:
+        body = {
+            "model": "tutor",
+            "messages": LEARNER,
+            "max_tokens": 3000,
+            "stream": True,
+            "temperature": 1.0,
+            "seed": 1,
+        }
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as s:
+            lines = s.iter_lines()
+            next(lines), next(lines)
+            assert httpx.get(f"{url}/health").json()["generating"] is True
+        # the client is gone: the worker stops at its next token instead of making 3000
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/health").json()["generating"]:
+            assert time.monotonic() < deadline, "generation went on after the client left"
+            time.sleep(0.05)
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'tutor_requests_total{status="cancelled",variant="tutor"} 1.0' in metrics
+
+
+class _SilentUpstream:
+    """A real socket that accepts connections and never answers: a hung upstream."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_hung_upstream_times_out_with_503():
+    silent = _SilentUpstream()
+    try:
+        settings = Settings(
+            engine="openai",
+            model="m",
+            upstream_timeout=1.0,
+            upstream_url=f"http://127.0.0.1:{silent.port}/v1",
+        )
+        with running_server(create_app(settings)) as url:
+            start = time.monotonic()
+            r = httpx.post(
+                f"{url}/v1/chat/completions",
+                timeout=30,
+                json={"model": "tutor", "messages": LEARNER},
+            )
+            elapsed = time.monotonic() - start
+        err = _error(r, 503)
+        assert "timed out" in err["message"] and int(r.headers["retry-after"]) > 0
+        assert elapsed < 15  # bounded by the timeout, not by the client's patience
+    finally:
+        silent.close()
+
+
+def test_graceful_shutdown_lets_running_streams_finish(tutor_home, tiny_path, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "TUTOR_HOME": str(tutor_home),
+        "TUTOR_MODEL": "tiny-qwen3",
+        "TUTOR_ENGINE": "transformers",
+        "TUTOR_PORT": str(port),
+        "TUTOR_UI": "false",
+        "TUTOR_SHUTDOWN_GRACE": "60",
+    }
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([TUTOR, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        body = {
+            "model": "tutor",
+            "messages": LEARNER,
+            "max_tokens": 300,
+            "stream": True,
+            "temperature": 1.0,
+            "seed": 2,
+        }
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as s:
+            lines = s.iter_lines()
+            assert next(lines).startswith("data: ")
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(httpx.TransportError):  # no new work once draining
+                httpx.get(f"{url}/health", timeout=2)
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]"
+        finish = [
+            json.loads(x[6:])["choices"][0]["finish_reason"]
+            for x in rest[:-1]
+            if json.loads(x[6:])["choices"]
+        ]
+        assert finish[-1] == "length"
+        # uvicorn re-raises the signal once drained: the conventional exit for SIGTERM
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_keys_cli_stores_only_hashes_and_the_gateway_accepts_them(tmp_path, tutor_home, tiny_path):
+    keyfile = tmp_path / "keys.json"
+    env = {**os.environ, "TUTOR_API_KEYS_FILE": str(keyfile)}
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([TUTOR, "keys", *args], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    chat = run("create", "school-a", "--scopes", "chat", "--rpm", "30")
+    admin = run("create", "ops", "--scopes", "admin,chat")
+    text = keyfile.read_text()
+    assert chat not in text and admin not in text and hash_key(chat) in text
+    assert oct(keyfile.stat().st_mode & 0o777) == "0o600"
+    settings = Settings(
+        home=tutor_home, model="tiny-qwen3", engine="transformers", api_keys_file=keyfile
+    )
+    with running_server(create_app(settings)) as url:
+        assert httpx.get(f"{url}/v1/models", headers=_auth(chat)).status_code == 200
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/admin/variants", headers=_auth(admin)).status_code == 200
+    run("revoke", "school-a")
+    assert hash_key(chat) not in keyfile.read_text()
+
+
+KEY_CHURN = """
+import sys
+from pathlib import Path
+from server.auth import hash_key, save_key_file
+from server.settings import ApiKey
+path = Path(sys.argv[1])
+print("ready", flush=True)
+i = 0
+while True:
+    keys = [ApiKey(name=f"k{j}", sha256=hash_key(f"key-{i}-{j}")) for j in range(1 + i % 50)]
+    save_key_file(path, keys)
+    i += 1
+"""
+
+
+def test_key_file_survives_kill_9_mid_write(tmp_path):
+    from server.auth import load_key_file
+
+    path = tmp_path / "keys.json"
+    for delay in (0.2, 0.35, 0.5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KEY_CHURN, str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[1],
+        )
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        keys = load_key_file(path)  # parses: never a torn file
+        assert 1 <= len(keys) <= 50
+        assert [k.name for k in keys] == [f"k{j}" for j in range(len(keys))]
+
+
+def test_without_keys_serve_binds_loopback_only(tutor_home, tiny_path, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "TUTOR_HOME": str(tutor_home),
+        "TUTOR_MODEL": "tiny-qwen3",
+        "TUTOR_ENGINE": "transformers",
+        "TUTOR_PORT": str(port),
+        "TUTOR_UI": "false",
+        "TUTOR_HOST": "0.0.0.0",
+    }
+    proc = subprocess.Popen(
+        [TUTOR, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            if "Uvicorn running on" in line:
+                break
+        text = "".join(out)
+        assert "no API keys configured: listening on 127.0.0.1 only" in text
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_concurrent_hostile_and_good_traffic_leaves_the_server_healthy(keyed):
+    url, _ = keyed
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, headers=_auth(CHAT_KEY), timeout=60) as c:
+            bad = [
+                c.post(
+                    "/v1/chat/completions",
+                    content=h[1],
+                    headers={"content-type": "application/json"},
+                )
+                for h in HOSTILE
+            ]
+            good = [
+                c.post(
+                    "/v1/chat/completions",
+                    json={"model": "tutor-es-l2", "messages": LEARNER, "max_tokens": 2},
+                )
+                for _ in range(3)
+            ]
+            return [r.status_code for r in await asyncio.gather(*bad, *good)]
+
+    codes = asyncio.run(main())
+    assert all(c == 400 for c in codes[: len(HOSTILE)])
+    assert all(c in (200, 429) for c in codes[len(HOSTILE) :])
+    assert httpx.get(f"{url}/health").status_code == 200
