@@ -161,21 +161,21 @@ def test_teacher_generator_over_a_real_gateway_with_retries(
     from server.app import create_app
     from tests.support import running_server
 
-    job = GenJob(name="teach", source="l1bank", variant="tutor", limit=4, multi_turn=1.0)
+    job = GenJob(name="teach", source="l1bank", variant="tutor", limit=2, multi_turn=1.0)
     with running_server(create_app(tiny_settings)) as gateway:
         proxy, seen = flaky_proxy(gateway, failures=2)
         with running_server(proxy) as url:
             teacher = TeacherGenerator(
-                f"{url}/v1", "tutor", concurrency=2, retries=3, backoff=0.05, max_tokens=12
+                f"{url}/v1", "tutor", concurrency=2, retries=3, backoff=0.05, max_tokens=8
             )
             res = generate_dialogues(job, tmp_path / "t.jsonl", generator=teacher,
                                      home=split_home, progress=False)  # fmt: skip
     rows = list(read_jsonl(res.path))
     assistant_turns = sum(len(r["turns"]) for r in rows)
-    assert len(rows) == res.total == 4
+    assert len(rows) == res.total == 2
     assert teacher.failures == 2 and teacher.calls == assistant_turns + 2 == len(seen)
     assert all(r["generator"] == "teacher:tutor" for r in rows)
     assert all(m["content"] for r in rows for m in r["messages"] if m["role"] == "assistant")
     # A random tiny model is a poor teacher: the gates account for every row it wrote.
     kept, report = gate(rows)
-    assert report.total == 4 and report.kept + sum(report.dropped.values()) == 4
+    assert report.total == 2 and report.kept + sum(report.dropped.values()) == 2
