@@ -41,9 +41,17 @@ def split_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_mode_assignment_blocks_and_interleave() -> None:
     assert assign_modes(10, "block:3", 0) == [
-        "recast", "recast", "recast", "elicitation", "elicitation", "elicitation",
-        "expansion", "expansion", "expansion", "metalinguistic",
-    ]  # fmt: skip
+        "recast",
+        "recast",
+        "recast",
+        "elicitation",
+        "elicitation",
+        "elicitation",
+        "expansion",
+        "expansion",
+        "expansion",
+        "metalinguistic",
+    ]
     inter = assign_modes(400, "interleave", 7)
     assert Counter(inter) == {m: 100 for m in MODES}
     assert all(set(inter[i : i + 4]) == set(MODES) for i in range(0, 400, 4))
@@ -95,10 +103,26 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(
 ) -> None:
     out = tmp_path / "killed.jsonl"
     args = [
-        sys.executable, "-m", "train.cli", "data", "generate", "--source", "jfleg",
-        "--variant", "tutor", "--limit", "300", "--seed", "3", "--out", str(out),
-        "--home", str(split_home), "--max-rate", "150",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "train.cli",
+        "data",
+        "generate",
+        "--source",
+        "jfleg",
+        "--variant",
+        "tutor",
+        "--limit",
+        "300",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--home",
+        str(split_home),
+        "--max-rate",
+        "150",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -148,8 +172,11 @@ def flaky_proxy(upstream: str, failures: int) -> tuple[FastAPI, list[int]]:
                 {"error": {"message": "busy", "type": "overloaded"}}, status_code=503
             )
         async with httpx.AsyncClient(timeout=120) as client:
-            r = await client.post(f"{upstream}/v1/chat/completions", content=await request.body(),
-                                  headers={"content-type": "application/json"})  # fmt: skip
+            r = await client.post(
+                f"{upstream}/v1/chat/completions",
+                content=await request.body(),
+                headers={"content-type": "application/json"},
+            )
         return JSONResponse(r.json(), status_code=r.status_code)
 
     return app, seen
@@ -168,8 +195,9 @@ def test_teacher_generator_over_a_real_gateway_with_retries(
             teacher = TeacherGenerator(
                 f"{url}/v1", "tutor", concurrency=2, retries=3, backoff=0.05, max_tokens=8
             )
-            res = generate_dialogues(job, tmp_path / "t.jsonl", generator=teacher,
-                                     home=split_home, progress=False)  # fmt: skip
+            res = generate_dialogues(
+                job, tmp_path / "t.jsonl", generator=teacher, home=split_home, progress=False
+            )
     rows = list(read_jsonl(res.path))
     assistant_turns = sum(len(r["turns"]) for r in rows)
     assert len(rows) == res.total == 2

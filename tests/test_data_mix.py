@@ -56,8 +56,9 @@ def test_same_recipe_and_seed_give_identical_bytes(tmp_path: Path) -> None:
         _generate(recipe, home)
         manifest = build_set(recipe, "stage1", home=home)
         folder = recipe.set_dir("stage1", home)
-        outputs.append({f: (folder / f).read_bytes() for f in ("train.jsonl", "eval.jsonl",
-                                                                "manifest.json")})  # fmt: skip
+        outputs.append(
+            {f: (folder / f).read_bytes() for f in ("train.jsonl", "eval.jsonl", "manifest.json")}
+        )
     assert outputs[0] == outputs[1]
 
     train = [json.loads(line) for line in outputs[0]["train.jsonl"].splitlines()]

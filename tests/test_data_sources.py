@@ -47,9 +47,16 @@ def test_detokenize_en() -> None:
 
 @pytest.mark.parametrize(
     "course,learner",
-    [("SPA 1", "l2"), ("SPA 1Y", "l2"), ("SPA 24", "l2"), ("SPA 31", "heritage"),
-     ("SPA 33", "heritage"), ("SPA 100", "general"), ("", "general")],
-)  # fmt: skip
+    [
+        ("SPA 1", "l2"),
+        ("SPA 1Y", "l2"),
+        ("SPA 24", "l2"),
+        ("SPA 31", "heritage"),
+        ("SPA 33", "heritage"),
+        ("SPA 100", "general"),
+        ("", "general"),
+    ],
+)
 def test_cowsl2h_learner_type_from_course_number(course: str, learner: str) -> None:
     assert course_learner(course) == learner
 

@@ -26,8 +26,14 @@ def home(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _dialogues(home: Path, variant: str, split: str, limit: int) -> Path:
     out = home / "data" / f"{variant}-{split}.jsonl"
-    job = GenJob(name=f"{variant}-{split}", source="l1bank", variant=variant, split=split,
-                 limit=limit, multi_turn=0.5)  # fmt: skip
+    job = GenJob(
+        name=f"{variant}-{split}",
+        source="l1bank",
+        variant=variant,
+        split=split,
+        limit=limit,
+        multi_turn=0.5,
+    )
     generate_dialogues(job, out, home=home, progress=False)
     return out
 

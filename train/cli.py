@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-data_app = typer.Typer(help="Learner-error data: splits, dialogue generation, gates, mixes.",
-                       no_args_is_help=True)  # fmt: skip
+data_app = typer.Typer(
+    help="Learner-error data: splits, dialogue generation, gates, mixes.", no_args_is_help=True
+)
 train_app = typer.Typer(help="LoRA SFT and export.", no_args_is_help=True)
 
 HomeOpt = Annotated[Path | None, typer.Option(help="TUTOR_HOME (default ~/.cache/tutor)")]
@@ -71,8 +72,17 @@ def data_generate(
                 jobs.append((j, r.generated_path(name, home)))
     elif source:
         name = out.stem if out else f"{source}-{variant}-{split}"
-        j = GenJob(name=name, source=source, variant=variant, split=split, learner=learner,
-                   limit=limit, modes=modes, multi_turn=multi_turn, seed=seed)  # fmt: skip
+        j = GenJob(
+            name=name,
+            source=source,
+            variant=variant,
+            split=split,
+            learner=learner,
+            limit=limit,
+            modes=modes,
+            multi_turn=multi_turn,
+            seed=seed,
+        )
         from train.data import tutor_home
 
         jobs.append((j, out or tutor_home(home) / "data" / "generated" / f"{name}.jsonl"))
@@ -81,12 +91,22 @@ def data_generate(
     for j, path in jobs:
         gen = None
         if teacher_url:
-            gen = TeacherGenerator(teacher_url, teacher_model, api_key=teacher_key,
-                                   concurrency=concurrency, retries=retries)  # fmt: skip
+            gen = TeacherGenerator(
+                teacher_url,
+                teacher_model,
+                api_key=teacher_key,
+                concurrency=concurrency,
+                retries=retries,
+            )
         res = generate_dialogues(
-            j, path, generator=gen, home=home, data_root=data_dir, restart=restart,
+            j,
+            path,
+            generator=gen,
+            home=home,
+            data_root=data_dir,
+            restart=restart,
             max_rate=max_rate,
-        )  # fmt: skip
+        )
         typer.echo(
             f"{j.name}: {res.written} written, {res.skipped} already there, "
             f"{res.total} planned -> {res.path}"

@@ -284,7 +284,7 @@ async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str
     if item.multi:
         if item.follow is not None:  # the learner goes on, with a new error
             nxt = item.follow
-            learner, turn = nxt.utterance, Turn(item.mode, nxt.utterance, nxt.correction)
+            learner = nxt.utterance
             turn = Turn(item.mode, nxt.utterance, nxt.correction, nxt.category)
         else:  # after an elicitation or a hint the learner repairs: the tutor confirms
             learner = self_repair(rec.correction, language, key)

@@ -81,8 +81,13 @@ class Recipe:
             )
             _check_set(s, jobs)
             sets[name] = s
-        return cls(name=raw.get("name", path.stem if path else "recipe"), seed=seed, jobs=jobs,
-                   sets=sets, path=path)  # fmt: skip
+        return cls(
+            name=raw.get("name", path.stem if path else "recipe"),
+            seed=seed,
+            jobs=jobs,
+            sets=sets,
+            path=path,
+        )
 
     def generated_path(self, job: str, home: Path | None = None) -> Path:
         return tutor_home(home) / "data" / "generated" / self.name / f"{job}.jsonl"

@@ -53,8 +53,13 @@ def plot_runs(runs: dict[str, Path], out: Path) -> Path:
             [m["step"] for m in ms], [m["eval_ppl_adapter"] for m in ms], marker="o", label=label
         )
         if ms:
-            ax2.axhline(ms[0]["eval_ppl_base"], ls="--", color=line.get_color(), alpha=0.6,
-                        label=f"{label}: base")  # fmt: skip
+            ax2.axhline(
+                ms[0]["eval_ppl_base"],
+                ls="--",
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"{label}: base",
+            )
     ax1.set(title="training loss (assistant tokens)", xlabel="step")
     ax2.set(title="held-out perplexity", xlabel="step")
     for ax in (ax1, ax2):

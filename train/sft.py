@@ -180,8 +180,12 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
 def config_help() -> str:
     """Every field with its help text: `tutor train sft --help-config`."""
     lines = []
-    for section, cls in (("model", ModelArgs), ("data", DataArgs), ("lora", LoraArgs),
-                         ("run", RunArgs)):  # fmt: skip
+    for section, cls in (
+        ("model", ModelArgs),
+        ("data", DataArgs),
+        ("lora", LoraArgs),
+        ("run", RunArgs),
+    ):
         for f in fields(cls):
             default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
             lines.append(f"{section}.{f.name} = {default!r}\n    {f.metadata.get('help', '')}")
@@ -471,12 +475,23 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
     atomic_write_text(
         run_dir / "config.json",
         json.dumps(
-            {**cfg.to_dict(), "resolved": {"base": base_source, "train": str(train_path),
-             "eval": str(eval_path) if eval_path else None, "init_adapter": str(init_path)
-             if init_path else None, "parent": parent, "data_manifest": data_manifest}},
-            indent=2, sort_keys=True, default=str,
-        ) + "\n",
-    )  # fmt: skip
+            {
+                **cfg.to_dict(),
+                "resolved": {
+                    "base": base_source,
+                    "train": str(train_path),
+                    "eval": str(eval_path) if eval_path else None,
+                    "init_adapter": str(init_path) if init_path else None,
+                    "parent": parent,
+                    "data_manifest": data_manifest,
+                },
+            },
+            indent=2,
+            sort_keys=True,
+            default=str,
+        )
+        + "\n",
+    )
 
     template = Path(cfg.model.chat_template).read_text(encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(base_source)
@@ -543,9 +558,16 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
     atomic_write_text(
         run_dir / "summary.json",
         json.dumps(
-            {"seconds": round(time.monotonic() - t0, 1), "steps": trainer.state.global_step,
-             "versions": callback.registered, "parent": parent, "metrics": metrics},
-            indent=2, sort_keys=True,
-        ) + "\n",
-    )  # fmt: skip
+            {
+                "seconds": round(time.monotonic() - t0, 1),
+                "steps": trainer.state.global_step,
+                "versions": callback.registered,
+                "parent": parent,
+                "metrics": metrics,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n",
+    )
     return RunResult(run_dir, adapters, callback.registered, metrics, time.monotonic() - t0)
