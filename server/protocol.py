@@ -54,9 +54,16 @@ class ChatCompletionRequest(_Open):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
     scaffolding: Scaffolding | None = None
     level: Level | None = None
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _one_reply(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 1:
+            raise ValueError("n > 1 is not supported: ask for one reply at a time")
+        return v
 
     @field_validator("stop")
     @classmethod

@@ -119,8 +119,6 @@ class ChatService:
         raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
     async def prepare(self, req: ChatCompletionRequest) -> tuple[Target, GenerationRequest]:
-        if req.n is not None and req.n > 1:
-            raise InvalidRequest("n > 1 is not supported: ask for one reply at a time", param="n")
         # Open WebUI's title/tags/follow-up requests go to a cheap model (server/tasks.py).
         self._check_size(req)
         target = await self.resolve(task_model(req, self.settings, self.base_id) or req.model)
