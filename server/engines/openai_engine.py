@@ -219,7 +219,7 @@ def _direct_http(base_url: str) -> bool:
 class _Response:
     """httptools callbacks for the responses on one connection."""
 
-    __slots__ = ("parser", "status", "chunks", "complete", "headers_done")
+    __slots__ = ("parser", "status", "chunks", "complete", "headers_done", "keep_alive")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -230,9 +230,11 @@ class _Response:
         self.chunks: list[bytes] = []
         self.complete = False
         self.headers_done = False
+        self.keep_alive = False
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        self.keep_alive = bool(self.parser.should_keep_alive())  # known here, reset at the end
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -257,9 +259,6 @@ class _Connection:
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
-
-    def keep_alive(self) -> bool:
-        return bool(self.response.parser.should_keep_alive())
 
     def close(self) -> None:
         self.writer.close()
@@ -302,6 +301,7 @@ class _Pool:
         ).encode()
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self.opened = 0  # connections opened so far: with keep-alive, far fewer than requests
 
     def close(self) -> None:
         while self._idle:
@@ -315,6 +315,7 @@ class _Pool:
             raise EngineUnavailable(
                 f"upstream {self.base_url} unreachable: {exc or type(exc).__name__}"
             ) from exc
+        self.opened += 1
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -357,7 +358,7 @@ class _Pool:
                 yield 200, b""
                 while True:
                     if res.complete:
-                        reusable = conn.keep_alive()
+                        reusable = res.keep_alive
                         yield res.take(), True
                         return
                     if res.chunks:
