@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _Memo:
+    """``labels()`` remembered per label values: each request looks up several labelled series,
+    and prometheus_client checks, converts and locks on every call. Series are never removed
+    here, so a remembered child stays the registered one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._memo: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: Any, **kw: Any) -> Any:
+        if kw:
+            return super().labels(*values, **kw)
+        try:
+            return self._memo[values]
+        except KeyError:
+            child = self._memo[values] = super().labels(*values)
+            return child
+
+
+class Counter(_Memo, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_Memo, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_Memo, prometheus_client.Histogram):
+    pass
 
 
 class Metrics:
