@@ -80,34 +80,34 @@ class Conflict(TutorError):
     code = "conflict"
 
 
-class RateLimited(TutorError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+class _RetryLater(TutorError):
+    """An error the client should retry: it tells when, in ``Retry-After``."""
 
-    def __init__(self, message: str, *, retry_after: int = 1, **kw: Any) -> None:
+    default_retry_after = 1
+
+    def __init__(self, message: str, *, retry_after: int | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
-        self.retry_after = retry_after
+        self.retry_after = self.default_retry_after if retry_after is None else retry_after
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(_RetryLater):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class BodyTooLarge(InvalidRequest):
     code = "body_too_large"
 
 
-class EngineUnavailable(TutorError):
+class EngineUnavailable(_RetryLater):
     status = 503
     type = "service_unavailable"
     code = "engine_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int = 5, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+    default_retry_after = 5
 
 
 class EngineError(TutorError):

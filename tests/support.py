@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -39,6 +45,43 @@ def running_server(app: FastAPI, *, timeout: float = 120.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+TUTOR = shutil.which("tutor", path=str(Path(sys.executable).parent)) or "tutor"
+
+
+@contextmanager
+def serve_process(
+    env: dict[str, str], port: int, log: Path, *args: str, timeout: float = 120.0
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`tutor serve` as a real child process; yields it and its URL once /health answers."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [TUTOR, "serve", *args],
+            env={**os.environ, **env, "TUTOR_PORT": str(port)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "tutor serve did not come up"
+            time.sleep(0.3)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def make_random_adapter(base_path: Path, out: Path, *, seed: int, rank: int = 8, **extra) -> Path:

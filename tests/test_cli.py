@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import openai
 
-from tests.support import free_port
-
-TUTOR = shutil.which("tutor", path=str(Path(sys.executable).parent)) or "tutor"
+from tests.support import TUTOR, free_port, serve_process
 
 
 def test_models_list_reports_prepared_presets(tutor_home, tiny_path):
@@ -31,30 +24,9 @@ def test_models_list_reports_prepared_presets(tutor_home, tiny_path):
 
 def test_serve_takes_settings_from_env_and_flags(tutor_home, tiny_path, tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "TUTOR_HOME": str(tutor_home),
-        "TUTOR_MODEL": "tiny-qwen3",
-        "TUTOR_PORT": str(port),
-    }
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [TUTOR, "serve", "--engine", "transformers", "--host", "127.0.0.1"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "tutor serve did not come up"
-            time.sleep(0.3)
+    env = {"TUTOR_HOME": str(tutor_home), "TUTOR_MODEL": "tiny-qwen3", "TUTOR_UI": "false"}
+    args = ("--engine", "transformers", "--host", "127.0.0.1")
+    with serve_process(env, port, tmp_path / "serve.log", *args) as (proc, _):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         reply = client.chat.completions.create(
             model="tutor-zh-l2",
@@ -63,6 +35,5 @@ def test_serve_takes_settings_from_env_and_flags(tutor_home, tiny_path, tmp_path
         )
         assert reply.usage.completion_tokens >= 1
         assert "tiny-qwen3" in {m.id for m in client.models.list().data}
-    finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
