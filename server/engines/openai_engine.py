@@ -28,7 +28,7 @@ import httpx
 import orjson
 
 from server.engines.base import Engine, GenerationRequest, TextDelta
-from server.errors import EngineError, EngineUnavailable, ModelNotFound
+from server.errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +404,11 @@ def _upstream_error(status: int, content: bytes, model: str) -> Exception:
         message = content[:500].decode(errors="replace")
     if status == 404:
         return ModelNotFound(f"upstream has no model {model!r}: {message}", param="model")
+    if status == 400:  # e.g. prompt + max_tokens beyond vLLM's --max-model-len: the client's fault
+        return InvalidRequest(
+            f"the engine refused the request: {message}",
+            param="max_tokens" if "max_tokens" in message or "context" in message else None,
+        )
     if status in (429, 502, 503, 504):
         return EngineUnavailable(f"upstream busy or down ({status}): {message}")
     return EngineError(f"upstream answered {status}: {message}")
