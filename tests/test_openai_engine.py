@@ -111,3 +111,17 @@ def test_upstream_missing_model_is_404(upstream):
         r = httpx.post(f"{url}/v1/chat/completions", json={"model": "tutor", "messages": LEARNER})
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "model_not_found"
+
+
+def test_an_upstream_400_stays_a_400(tutor_home, tiny_path):
+    strict = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers", max_context=8)
+    with running_server(create_app(strict)) as up:
+        settings = Settings(engine="openai", model="tiny-qwen3", upstream_url=f"{up}/v1")
+        with running_server(create_app(settings)) as url:
+            r = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "tutor", "messages": LEARNER, "max_tokens": 16},
+            )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "max_tokens" and "context window" in err["message"]
