@@ -117,9 +117,14 @@ def wait_ready(page) -> None:
     page.wait_for_selector("#variant:has-text('Tutor model')")
 
 
-def choose(page, language: str, learner: str) -> None:
+def choose(page, language: str, learner: str, variant: str) -> None:
+    """Pick a language, wait for the page to offer its learner types, pick one, and wait for
+    the page to name ``variant``."""
     page.locator("#language").get_by_label(language).check()
+    prefix = "-".join(variant.split("-")[:2])  # tutor-zh-l2 -> tutor-zh
+    page.wait_for_selector(f"#variant:has-text('{prefix}')")
     page.locator("#learner").get_by_label(learner).check()
+    page.wait_for_selector(f"#variant:has-text('{variant}')")
 
 
 def set_number(page, elem_id: str, value: float) -> None:
@@ -158,8 +163,7 @@ def test_chat_streams_switches_adapter_and_starts_over(browser, gateway, ui) -> 
         set_number(page, "max-tokens", MAX_TOKENS)
 
         # 1. Spanish, second-language learner: the es adapter, streamed.
-        choose(page, "Spanish", "Second-language learner")
-        page.wait_for_selector("#variant:has-text('tutor-es-l2')")
+        choose(page, "Spanish", "Second-language learner", "tutor-es-l2")
         before = requests_ok(gateway)
         page.evaluate(WATCH_STREAM)
         first = "Ayer yo voy a la playa con mi amigos."
@@ -173,8 +177,7 @@ def test_chat_streams_switches_adapter_and_starts_over(browser, gateway, ui) -> 
         assert after1.get("tutor-es-l2", 0) == before.get("tutor-es-l2", 0) + 1
 
         # 2. Switch to Mandarin, second-language learner: the zh adapter, same conversation.
-        choose(page, "Mandarin", "Second-language learner")
-        page.wait_for_selector("#variant:has-text('tutor-zh-l2')")
+        choose(page, "Mandarin", "Second-language learner", "tutor-zh-l2")
         second = "我有三个书。"
         send(page, second)
         page.wait_for_selector("#reply-info:has-text('tutor-zh-l2@1')")
@@ -217,8 +220,7 @@ def test_what_did_i_get_wrong_panel(browser, ui) -> None:
         wait_ready(page)
         page.locator("#advanced").get_by_text("Advanced").click()
         set_number(page, "max-tokens", MAX_TOKENS)
-        choose(page, "Spanish", "Second-language learner")
-        page.wait_for_selector("#variant:has-text('tutor-es-l2')")
+        choose(page, "Spanish", "Second-language learner", "tutor-es-l2")
         send(page, "Ayer yo voy a la playa.")
         page.wait_for_selector("#reply-info:has-text('tutor-es-l2@1')")
         assert not page.locator("#check").is_visible()

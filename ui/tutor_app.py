@@ -166,8 +166,10 @@ def build_tutor_app(
                 problem,
             )
 
-        def on_language(tbl: dict, lang: str):
-            kind = next(iter(tbl.get(lang, {"": ""})))
+        def on_language(tbl: dict, lang: str, kind: str | None):
+            """Keep the learner type when the new language has it (Spanish L2 -> Mandarin L2)."""
+            kinds = tbl.get(lang, {"": ""})
+            kind = kind if kind in kinds else next(iter(kinds))
             return gr.update(choices=_learner_choices(tbl, lang), value=kind), describe(
                 tbl, lang, kind
             )
@@ -221,7 +223,7 @@ def build_tutor_app(
             [table, language, learner],
             [table, language, learner, variant_md, status],
         )
-        language.input(on_language, [table, language], [learner, variant_md])
+        language.input(on_language, [table, language, learner], [learner, variant_md])
         learner.input(describe, [table, language, learner], variant_md)
         inputs = [message, conversation, table, language, learner, level, scaffolding]
         inputs += [temperature, max_tokens]
