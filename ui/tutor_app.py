@@ -154,7 +154,7 @@ def build_tutor_app(
                 fresh = client.variants() or tbl
                 problem = ""
             except openai.APIError as exc:
-                fresh, problem = tbl, friendly_error(exc, "")
+                fresh, problem = tbl, f"⚠️ {friendly_error(exc, '')}"
             lang = lang if lang in fresh else next(iter(fresh))
             kinds = fresh[lang]
             kind = kind if kind in kinds else next(iter(kinds))
@@ -209,7 +209,7 @@ def build_tutor_app(
                     yield shown, convo, "", "", gr.skip()
             except openai.APIError as exc:
                 # The turn did not happen: the learner's text goes back in the box to resend.
-                yield convo, convo, text, friendly_error(exc, variant), ""
+                yield convo, convo, text, f"⚠️ {friendly_error(exc, variant)}", ""
                 return
             done = [*asked, {"role": "assistant", "content": reply}]
             adapter = f" · adapter `{info.adapter}`" if info.adapter else ""
