@@ -13,7 +13,7 @@ import pytest
 
 from server.settings import REPO
 
-BENCHES = ["overhead", "multilora", "promotion", "engines", "memory", "chart"]
+BENCHES = ["overhead", "multilora", "promotion", "engines", "memory", "chart", "profile"]
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -212,14 +212,15 @@ def bench(
     max_tokens: int = 16,
     vllm_url: str | None = None,
     log_level: str = "warning",
-    baselines: dict[str, Path] | None = None,
+    baselines: dict[str, tuple[Path, str | None]] | None = None,
     gateway_src: Path | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the comparison for each upstream; returns the report (rows and settings).
 
-    ``baselines`` (label -> checkout): more gateways, each run from another checkout, front the
-    same upstream and are measured in the same rounds: before/after side by side.
+    ``baselines`` (label -> (checkout, log level or None)): more gateways, each run from another
+    checkout, front the same upstream and are measured in the same rounds: before/after side by
+    side.
     """
     rows: list[dict[str, Any]] = []
     for upstream in upstreams:
@@ -253,9 +254,9 @@ def bench(
                     "TUTOR_VLLM_URL": f"http://127.0.0.1:{up_port}/v1",
                 }
             gateways: dict[str, tuple[int, Group | None]] = {}
-            for label, src in (baselines or {}).items():
+            for label, (src, level) in (baselines or {}).items():
                 port = free_port()
-                g = start_gateway(port, env=env, log_level=log_level, src=src, name=label)
+                g = start_gateway(port, env=env, log_level=level or log_level, src=src, name=label)
                 groups.append(g)
                 gateways[label] = (port, g)
             port = free_port()
@@ -288,16 +289,18 @@ def bench(
             "max_tokens": max_tokens,
             "paced_ms": PACED_MS,
             "gateway_log_level": log_level,
-            "baselines": {k: str(v) for k, v in (baselines or {}).items()},
+            "baselines": {k: [str(v[0]), v[1]] for k, v in (baselines or {}).items()},
             "gateway_src": str(gateway_src) if gateway_src else None,
         },
         "rows": rows,
     }
 
 
-def _labelled(spec: str) -> tuple[str, Path]:
-    label, _, path = spec.rpartition("=")
-    return label or "before", Path(path)
+def _labelled(spec: str) -> tuple[str, tuple[Path, str | None]]:
+    """``[LABEL=]DIR[@LOG_LEVEL]``: a gateway run from DIR, optionally at another log level."""
+    label, _, rest = spec.rpartition("=")
+    path, _, level = rest.partition("@")
+    return label or "before", (Path(path), level or None)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -319,9 +322,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--baseline-src",
         action="append",
         default=[],
-        metavar="[LABEL=]DIR",
-        help="also run a gateway from this checkout (git archive REV | tar -x -C DIR), "
-        "measured in the same rounds: before/after side by side; repeatable (label: before)",
+        metavar="[LABEL=]DIR[@LEVEL]",
+        help="also run a gateway from this checkout (git archive REV | tar -x -C DIR), at "
+        "another --log-level if given, measured in the same rounds: before/after side by side; "
+        "repeatable (default label: before)",
     )
     p.add_argument("--gateway-src", type=Path, help="run the gateway from this checkout instead")
     p.add_argument("--out", type=Path, help=f"JSON report (default {REPORTS}/overhead.json)")
