@@ -45,6 +45,18 @@ def _drain(client: TutorClient, variant: str, **kw) -> list[str]:
     return list(client.stream_reply(variant, HELLO, max_tokens=8, **kw))
 
 
+def test_ui_imports_no_server_code() -> None:
+    """The page is an API client: it can run against a remote gateway, so it never imports it."""
+    import ast
+
+    for path in (REPO / "ui").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] in ("server", "adapters") for n in names), path
+
+
 def test_api_base_accepts_gateway_urls_with_or_without_v1() -> None:
     for url in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"):
         assert api_base(url) == "http://h:1/v1"
