@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from adapters.cli import app as adapters_app
+from eval.cli import app as eval_app
 from server.keys_cli import app as keys_app
 from train.cli import data_app, train_app
 
@@ -21,6 +22,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(keys_app, name="keys")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -1,0 +1,229 @@
+"""`tutor eval` end to end against a real gateway (uvicorn, tiny model) with two registered
+adapter versions: run a small suite through the API, re-run from the cache (counted with the
+gateway's own request counter), compare, write the report, promote through the registry, and
+the LLM judge's calibration against MRBench over the same gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from adapters.registry import Registry
+from eval.judge import DIMENSIONS, UNPARSED, agreement, parse_judgement
+from server.app import create_app
+from server.cli import app as cli
+from server.settings import Settings
+from tests.support import running_server
+from train.data import data_dir
+
+pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
+
+PPL = {"v1": 9.0, "v2": 8.0, "base": 12.0}  # held-out perplexities recorded for the versions
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tutor_home, tiny_path, tiny_adapters) -> Iterator[dict]:
+    """A gateway over the tiny model whose own registry holds tutor@1 and tutor@2."""
+    import torch
+
+    home = tmp_path_factory.mktemp("evalhome")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the in-process engine shares 2 busy cores with the test client
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUTOR_REGISTRY", str(home / "registry.sqlite"))
+        mp.setenv("TUTOR_ADAPTER_DIR", str(home / "adapters"))
+        mp.setenv("TUTOR_HOME", str(tutor_home))  # models; suites and runs go to --home
+        settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
+        registry = Registry.from_settings(settings)
+        versions = {}
+        for key, adapter in (("v1", tiny_adapters["es"]), ("v2", tiny_adapters["zh"])):
+            v = registry.add(adapter, variant="tutor", base_model=str(tiny_path), max_rank=16)
+            heldout = {"eval_ppl_adapter": PPL[key], "eval_ppl_base": PPL["base"]}
+            registry.set_eval_summary(v.name, {"heldout": heldout})
+            versions[key] = v.name
+        from eval.suites import build_suite
+
+        build_suite("smoke", home=home, split_home=tutor_home)
+        with running_server(create_app(settings)) as url:
+            yield {"url": url, "home": home, "registry": registry, **versions}
+    torch.set_num_threads(threads)
+
+
+def requests_total(url: str) -> float:
+    """All chat requests the gateway has answered (its Prometheus counter)."""
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(v) for v in re.findall(r"^tutor_requests_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def tutor(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_run_compare_report_and_promote(env) -> None:
+    url, home = env["url"], str(env["home"])
+    v1, v2 = env["v1"], env["v2"]
+    models = f"tiny-qwen3,{v1},{v2}"
+    run_dir = env["home"] / "run"
+    args = ["eval", "run", "--base-url", url, "--models", models, "--suite", "smoke"]
+    args += ["--home", home, "--out", str(run_dir), "--no-progress", "--concurrency", "2"]
+
+    before = requests_total(url)
+    out = tutor(*args)
+    asked = requests_total(url) - before
+    assert asked == 3 * 12  # three models, twelve items, nothing cached yet
+    assert "36 asked" in out
+    rows = [json.loads(x) for x in (run_dir / "replies.jsonl").read_text().splitlines()]
+    assert len(rows) == 36
+    assert {r["adapter"] for r in rows if r["model"] == v1} == {v1}  # x-tutor-adapter
+    assert {r["adapter"] for r in rows if r["model"] == "tiny-qwen3"} == {"base"}
+    seeds = {(r["item_id"], r["seed"]) for r in rows}
+    assert len(seeds) == 12  # the same seed for an item across models
+
+    # Re-run: every reply from the cache, no request reaches the gateway.
+    before = requests_total(url)
+    out = tutor(*args)
+    assert requests_total(url) - before == 0
+    assert "0 asked, 36 from the cache" in out
+    assert [json.loads(x) for x in (run_dir / "replies.jsonl").read_text().splitlines()] == [
+        {**r, "cached": True} for r in rows
+    ]
+
+    # Compare with a tolerance wide enough to tie everything: the rule then picks the lowest
+    # held-out perplexity, which the registry records per version.
+    out = tutor("eval", "compare", str(run_dir), "--tolerance", "1", "--promote", "--home", home)
+    lowest = min(("v1", "v2"), key=lambda k: PPL[k])
+    assert f"recommended: {env[lowest]}" in out
+    assert f"promoted tutor: base -> {env[lowest]}" in out
+    report = run_dir / "report"
+    for name in ("report.md", "report.json", "metrics.png", "confusion.png"):
+        assert (report / name).stat().st_size > 500, name
+    for png in ("metrics.png", "confusion.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((report / "report.json").read_text())
+    assert [m["model"] for m in result["models"]] == ["tiny-qwen3", v1, v2]
+    assert {m["model"]: m["perplexity"] for m in result["models"]} == {
+        "tiny-qwen3": PPL["base"],
+        v1: PPL["v1"],
+        v2: PPL["v2"],
+    }
+    assert result["decision"]["recommended"] == env[lowest]
+    assert result["decision"]["promotion"] == f"promoted tutor: base -> {env[lowest]}"
+    for model in ("tiny-qwen3", v1, v2):
+        assert result["metrics"][model]["pedagogy"]["n"] == 12
+        assert sum(map(sum, result["confusion"][model]["table"])) == 12
+        assert len(result["examples"][model]["worst"]) == 3
+    assert len(result["pairs"]) == 3 and "question" in result["pairs"][0]["mcnemar"]
+    assert set(result["breakdown"]["language"]) == {"en", "es", "zh"}
+    assert set(result["breakdown"]["kind"]) == {"error", "control"}
+    md = (report / "report.md").read_text()
+    assert f"**Recommended: `{env[lowest]}`**" in md and "![metrics](metrics.png)" in md
+
+    # The registry moved the alias, and the running gateway follows it within its poll interval.
+    assert env["registry"].alias("tutor") == env[lowest]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    deadline = time.monotonic() + 10
+    while True:
+        raw = client.chat.completions.with_raw_response.create(
+            model="tutor", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        if raw.headers["x-tutor-adapter"] == env[lowest] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert raw.headers["x-tutor-adapter"] == env[lowest]
+
+    # The cache is keyed by version: `tutor` now *is* that version, so nothing is asked again.
+    before = requests_total(url)
+    out = tutor(
+        "eval", "run", "--base-url", url, "--models", f"tutor,{env[lowest]}", "--suite", "smoke",
+        "--home", home, "--out", str(env["home"] / "run2"), "--no-progress",
+    )  # fmt: skip
+    assert requests_total(url) - before == 0
+    assert re.search(rf"^\s*tutor\s+-> {re.escape(env[lowest])} ", out, re.M), out
+
+
+def test_changed_parameters_are_asked_again(env) -> None:
+    import asyncio
+
+    from eval.cache import ReplyCache
+    from eval.runner import run_suite
+    from eval.suites import load_suite
+
+    suite = load_suite("smoke", home=env["home"])
+    cache = ReplyCache(env["home"] / "eval" / "cache.sqlite")
+    try:
+        before = requests_total(env["url"])
+        _, first = asyncio.run(
+            run_suite(suite, ["tiny-qwen3"], env["url"], cache=cache, progress=False)
+        )
+        asked_first = requests_total(env["url"]) - before
+        suite.manifest["generation"] = {**suite.generation, "max_tokens": 5}
+        before = requests_total(env["url"])
+        _, second = asyncio.run(
+            run_suite(suite, ["tiny-qwen3"], env["url"], cache=cache, progress=False)
+        )
+        assert requests_total(env["url"]) - before == 12  # a new parameter: all asked again
+    finally:
+        cache.close()
+    assert asked_first == sum(not r.cached for r in first)
+    assert not any(r.cached for r in second)
+
+
+def test_judge_calibration_and_judging_a_run(env) -> None:
+    """The pipeline and its statistics, not the tiny judge's quality (near chance)."""
+    url, home = env["url"], str(env["home"])
+    cal_path = env["home"] / "cal.json"
+    tutor(
+        "eval", "judge-calibrate", "--base-url", url, "--model", "tiny-qwen3", "--n", "6",
+        "--max-tokens", "16", "--no-progress", "--out", str(cal_path), "--home", home,
+    )  # fmt: skip
+    cal = json.loads(cal_path.read_text())
+    assert cal["n"] == 6 and len(cal["answers"]) == 6
+    assert cal["licence"] == "MRBench: CC BY-SA 4.0"
+    # the reported agreement is what the stored answers give
+    truth = [a["labels"] for a in cal["answers"]]
+    said = [parse_judgement(a["answer"]) for a in cal["answers"]]
+    assert said == [a["parsed"] for a in cal["answers"]]
+    assert agreement(truth, said) == cal["dimensions"]
+    for dim in DIMENSIONS:
+        d = cal["dimensions"][dim]
+        hits = sum(t[dim] == (s[dim] or UNPARSED) for t, s in zip(truth, said, strict=True))
+        assert d["accuracy"] == hits / 6
+        assert -1.0 <= d["kappa"] <= 1.0
+    assert cal["trusted"] is False  # a random tiny model is not a judge
+    assert cal_path.with_suffix(".md").read_text().count("|") > 20
+
+    # Calibrating again asks nothing: the judge's answers are cached too.
+    before = requests_total(url)
+    tutor(
+        "eval", "judge-calibrate", "--base-url", url, "--model", "tiny-qwen3", "--n", "6",
+        "--max-tokens", "16", "--no-progress", "--out", str(cal_path), "--home", home,
+    )  # fmt: skip
+    assert requests_total(url) - before == 0
+
+    # Judge a run's replies (forced: this judge's calibration lives elsewhere); the report then
+    # shows the judge's scores, marked as not trusted.
+    run_dir = env["home"] / "run-judged"
+    tutor(
+        "eval", "run", "--base-url", url, "--models", "tiny-qwen3", "--suite", "smoke",
+        "--home", home, "--out", str(run_dir), "--no-progress",
+    )  # fmt: skip
+    out = tutor(
+        "eval", "judge", str(run_dir), "--base-url", url, "--model", "tiny-qwen3", "--force",
+        "--max-tokens", "8", "--no-progress", "--home", home,
+    )  # fmt: skip
+    assert "judge trusted: False" in out
+    judged = json.loads((run_dir / "judge.json").read_text())
+    assert judged["dimensions"] == list(DIMENSIONS)
+    assert set(judged["scores"]) == {"tiny-qwen3"}
+    tutor("eval", "compare", str(run_dir), "--home", home)
+    assert "NOT trusted" in (run_dir / "report" / "report.md").read_text()
