@@ -279,7 +279,14 @@ def score_reply(
 def pedagogy_score(m: dict[str, Any]) -> float:
     """Two thirds the share of applicable *core* checks passed (how the error was handled),
     one third the share of *hygiene* checks passed (how the conversation goes on); each check
-    turned into good (1) or bad (0) by its direction. One group alone counts whole."""
+    turned into good (1) or bad (0) by its direction. One group alone counts whole.
+
+    A reply the learner cannot use, one not in their language (empty, garbled or another
+    language), scores 0: it would otherwise collect the "did no harm" checks (no explicit
+    correction, no echo, no over-correction, no tone flag) for saying nothing.
+    """
+    if m.get("language_ok") is False:
+        return 0.0
     groups: dict[str, list[float]] = {"core": [], "hygiene": []}
     for metric in METRICS:
         value = m.get(metric.name)

@@ -199,8 +199,10 @@ def build_items(recipe: dict[str, Any], *, home: Path | None = None) -> list[Sui
         if len(pool) < n + 1:
             raise SuiteError(f"{language}: {len(pool)} usable held-out records, {n} wanted")
         chosen, spare = pool[:n], pool[n:]
-        by_id = {r.id: r for r in pool}
-        # COWS-L2H ids repeat across drafts of an essay: such items get a hash of their text.
+        # COWS-L2H ids (essay id + sentence) repeat across the essays one student wrote for
+        # different prompts: the previous sentence is looked up with the prompt, and such items
+        # get a hash of their text in their id.
+        by_id = {(r.id, r.meta.get("prompt")): r for r in pool}
         seen: dict[str, int] = {}
         for r in pool:
             seen[r.id] = seen.get(r.id, 0) + 1
@@ -218,7 +220,9 @@ def build_items(recipe: dict[str, Any], *, home: Path | None = None) -> list[Sui
                 prev = None
                 m = re.fullmatch(r"(cowsl2h-.+)-(\d+)", rec.id)
                 if m:  # the previous sentence of the same essay, when it is usable
-                    prev = by_id.get(f"{m.group(1)}-{int(m.group(2)) - 1}")
+                    prev = by_id.get(
+                        (f"{m.group(1)}-{int(m.group(2)) - 1}", rec.meta.get("prompt"))
+                    )
                 prev = prev or next(spare_iter, None)
                 if prev is not None:
                     context = _context(prev, language, f"{name}:{rec.id}")

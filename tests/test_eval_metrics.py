@@ -287,6 +287,19 @@ def test_pedagogy_weighs_core_checks_twice_the_hygiene_checks() -> None:
     assert pedagogy_score(m) == pytest.approx(2 / 3 + 1 / 6)
     only_hygiene = {"question": True, "tone_ok": False}
     assert pedagogy_score(only_hygiene) == 0.5
+    # a reply the learner cannot use scores nothing, whatever harm it did not do
+    assert pedagogy_score({**m, "language_ok": False}) == 0.0
+    utterance, correction = ES
+    garbled = score_reply(
+        "moose></ instead Gospel transportation",
+        utterance=utterance,
+        corrections=[correction],
+        language="es",
+        mode="elicitation",
+        control=False,
+    )
+    assert garbled["withheld"] is True and garbled["explicit"] is False
+    assert garbled["pedagogy"] == 0.0
 
 
 # -- diversity -------------------------------------------------------------------------------------
