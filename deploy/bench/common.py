@@ -395,10 +395,12 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.ex = _Exchange()
+        self._used = False
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.ex = _Exchange()
+        self._used = False
 
     def close(self) -> None:
         if self.writer is not None:
@@ -406,23 +408,33 @@ class Connection:
         self.reader = self.writer = None
 
     async def send(self, raw: bytes, *, stream: bool, t0: float, tag: str = "") -> Result:
-        if self.writer is None:
-            await self.open()
-        assert self.reader is not None and self.writer is not None
         ex = self.ex
-        ex.reset()
-        start = time.perf_counter()
-        try:
-            self.writer.write(raw)
-            while not ex.done:
-                data = await self.reader.read(65536)
-                if not data:
-                    raise ConnectionError("connection closed mid-response")
-                ex.parser.feed_data(data)
-        except (OSError, httptools.HttpParserError) as exc:
-            self.close()
-            return Result(False, 0, start - t0, time.perf_counter() - start, None, None, tag,
-                          error=repr(exc))  # fmt: skip
+        for attempt in (0, 1):
+            # a connection the server closed while it sat idle (uvicorn: 5 s keep-alive) is
+            # reopened, as any HTTP client does; so is one it closed as the request went out
+            if self.writer is None or self.reader is None or self.reader.at_eof():
+                await self.open()
+                ex = self.ex
+            reused = attempt == 0 and self._used
+            self._used = True
+            ex.reset()
+            start = time.perf_counter()
+            got = 0
+            try:
+                self.writer.write(raw)
+                while not ex.done:
+                    data = await self.reader.read(65536)
+                    if not data:
+                        raise ConnectionError("connection closed mid-response")
+                    got += len(data)
+                    ex.parser.feed_data(data)
+                break
+            except (OSError, httptools.HttpParserError) as exc:
+                self.close()
+                if got == 0 and reused:
+                    continue
+                return Result(False, 0, start - t0, time.perf_counter() - start, None, None, tag,
+                              error=repr(exc))  # fmt: skip
         end = time.perf_counter()
         body = b"".join(ex.body)
         ok = ex.status == 200
@@ -568,7 +580,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

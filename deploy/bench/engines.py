@@ -133,6 +133,7 @@ def bench(
     max_tokens: int = 32,
     log: Any = print,
 ) -> dict[str, Any]:
+    started = machine()  # the load average before the run
     models = models or ["tiny-qwen3"]
     concurrency = concurrency or [1, 4]
     per_run = 8 if quick else 16
@@ -149,7 +150,7 @@ def bench(
         )
     return {
         "bench": "engines",
-        "machine": machine(),
+        "machine": started,
         "settings": {
             "quick": quick,
             "requests_per_run": per_run,

@@ -66,6 +66,7 @@ def settle(seconds: float) -> None:
 
 
 def bench(*, quick: bool = False, model: str = "tiny-qwen3", log: Any = print) -> dict[str, Any]:
+    started = machine()  # the load average before the run
     load_s = 8.0 if quick else 20.0
     rows: list[dict[str, Any]] = []
     groups: list[Group] = []
@@ -157,7 +158,7 @@ def bench(*, quick: bool = False, model: str = "tiny-qwen3", log: Any = print) -
             g.stop()
     return {
         "bench": "memory",
-        "machine": machine(),
+        "machine": started,
         "settings": {"quick": quick, "model": model, "load_s": load_s},
         "rows": rows,
     }

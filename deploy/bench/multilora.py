@@ -182,6 +182,7 @@ def bench(
     max_tokens: int = 32,
     log: Any = print,
 ) -> dict[str, Any]:
+    started = machine()  # the load average before the run
     per_run = concurrency * (2 if quick else 4)
     rounds = 3 if quick else 4
     cold_trials = 3 if quick else 6
@@ -203,7 +204,7 @@ def bench(
     ]
     return {
         "bench": "multilora",
-        "machine": machine(),
+        "machine": started,
         "settings": {
             "quick": quick,
             "concurrency": concurrency,

@@ -133,6 +133,10 @@ def summarise(rs: list[Result]) -> dict[str, Any]:
         "p99_ms": pct(lat, 99),
         "max_ms": max(lat) if lat else math.nan,
         "ttft_p50_ms": pct([ms(r.ttft) for r in ok if r.ttft is not None], 50),
+        # the two versions are different random adapters: replies may differ in length
+        "completion_tokens_mean": (
+            sum(r.completion_tokens or 0 for r in ok) / len(ok) if ok else math.nan
+        ),
         "versions": versions,
         "errors": sorted({r.error[:200] for r in rs if not r.ok})[:5],
     }
@@ -147,6 +151,7 @@ def bench(
     vllm_url: str | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
+    started = machine()  # the load average before the run
     duration = 30.0 if quick else 60.0
     root = scratch_dir("promotion")
     log("registry: two random versions of tutor-es-l2, @1 live")
@@ -189,7 +194,7 @@ def bench(
     summary = {name: summarise(rs) for name, rs in parts.items()}
     return {
         "bench": "promotion",
-        "machine": machine(),
+        "machine": started,
         "settings": {
             "quick": quick,
             "workers": workers,
@@ -220,6 +225,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
                 fmt(w["p90_ms"], 1),
                 fmt(w["p99_ms"], 1),
                 fmt(w["max_ms"], 1),
+                fmt(w["completion_tokens_mean"], 1),
                 ", ".join(f"{k}: {v}" for k, v in sorted(w["versions"].items())),
             ]
         )
@@ -257,7 +263,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(
         table(
-            ["window", "requests", "failed", "p50 ms", "p90 ms", "p99 ms", "max ms", "versions"],
+            [
+                "window",
+                "requests",
+                "failed",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "tokens/reply",
+                "versions",
+            ],
             rows(report),
         )
     )
