@@ -85,7 +85,8 @@ class ChatService:
                 )
             except AdapterValidationError as exc:
                 raise InvalidAdapter(f"variant {variant.id}: {exc}") from exc
-            pinned[variant.id] = AdapterRef(name=info.path.name, path=info.path)
+            # configured folders can change under the same name: the hash keeps names immutable
+            pinned[variant.id] = AdapterRef(f"{info.path.name}-{info.sha256[:8]}", info.path)
         self.adapters = AdapterManager(
             self.engine,
             self.registry,

@@ -105,5 +105,5 @@ def test_task_requests_skip_the_busy_adapter(servers, entry) -> None:
 def test_rag_chat_stays_on_the_variant_and_its_adapter(servers) -> None:
     r = _post(servers["default"], _body(CHATS[0], "tutor-es-l2"))
     assert r.headers["x-tutor-variant"] == "tutor-es-l2"
-    assert r.headers["x-tutor-adapter"] == "tutor-es-l2@1"
+    assert r.headers["x-tutor-adapter"].startswith("tutor-es-l2@1-")
     assert r.text.rstrip().endswith("data: [DONE]")

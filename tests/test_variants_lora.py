@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import openai
 import pytest
@@ -55,11 +56,10 @@ def test_each_variant_equals_peft_and_differs(lora_server, expected):
         adapters[variant] = raw.headers["x-tutor-adapter"]
     assert got == expected
     assert len(set(got.values())) == 3, got  # the adapters really change the output
-    assert adapters == {
-        "tutor": "base",
-        "tutor-es-l2": "tutor-es-l2@1",
-        "tutor-zh-l2": "tutor-zh-l2@1",
-    }
+    assert adapters["tutor"] == "base"
+    # a configured folder is served under its name plus a weights hash: immutable names
+    for variant in ("tutor-es-l2", "tutor-zh-l2"):
+        assert re.fullmatch(rf"{variant}@1-[0-9a-f]{{8}}", adapters[variant]), adapters
 
 
 def test_concurrent_requests_each_get_their_own_adapter(lora_server, expected):
@@ -91,16 +91,17 @@ def test_concurrent_requests_each_get_their_own_adapter(lora_server, expected):
     assert len(results) == 12
     for variant, text, _ in results:
         assert text == expected[variant], variant
-    headers = {(v, h) for v, _, h in results if h != "stream"}
-    assert headers == {
-        ("tutor", "base"),
-        ("tutor-es-l2", "tutor-es-l2@1"),
-        ("tutor-zh-l2", "tutor-zh-l2@1"),
-    }
+    checked = 0
+    for variant, _, header in results:
+        if header == "stream":
+            continue
+        checked += 1
+        assert header == "base" if variant == "tutor" else header.startswith(f"{variant}@1-")
+    assert checked == 6
 
 
 def test_models_list_shows_the_adapter_each_variant_uses(lora_server):
     client = openai.OpenAI(base_url=f"{lora_server}/v1", api_key="x", max_retries=0)
     meta = {m.id: m.model_extra.get("metadata") for m in client.models.list().data}
-    assert meta["tutor-es-l2"]["adapter"] == "tutor-es-l2@1"
+    assert meta["tutor-es-l2"]["adapter"].startswith("tutor-es-l2@1-")
     assert meta["tutor"]["adapter"] == "base"
