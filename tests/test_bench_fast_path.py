@@ -19,7 +19,7 @@ import pytest
 from deploy.bench.fake_upstream import build_app
 from server.engines.base import GenerationRequest, SamplingParams, TextDelta
 from server.engines.openai_engine import OpenAIEngine
-from server.errors import EngineError, EngineUnavailable, ModelNotFound
+from server.errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound
 from server.streaming import _Events, _sse, sse_stream
 from tests.support import running_server
 
@@ -165,7 +165,13 @@ async def _aiter(items):
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(404, ModelNotFound), (503, EngineUnavailable), (429, EngineUnavailable), (400, EngineError)],
+    [
+        (404, ModelNotFound),
+        (503, EngineUnavailable),
+        (429, EngineUnavailable),
+        (400, InvalidRequest),
+        (500, EngineError),
+    ],
 )
 def test_upstream_statuses_keep_their_meaning(status, error):
     body = json.dumps({"error": {"message": "nope"}}).encode()
