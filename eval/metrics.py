@@ -334,6 +334,28 @@ def contains_correction(reply: str, utterance: str, correction: str) -> bool:
     return bool(form) and _contains(tokens(reply), form)
 
 
+def contains_correction_in_context(reply: str, utterance: str, correction: str) -> bool:
+    """Stricter uptake for evaluation: a corrected form of one or two short words ("the", "to
+    the", one Chinese character) or that the learner already wrote elsewhere only counts with
+    a neighbouring token of the correction beside it, so echoing the learner's own sentence does
+    not count as using the correction. :func:`contains_correction` (the gates') is unchanged."""
+    regions = edit_regions(utterance, correction)
+    form = target_form(utterance, correction)
+    if not regions or not form:
+        return False
+    r, reply_toks = regions[0], tokens(reply)
+    if not r.target:  # a deletion: the form is the neighbours of the gap, without the word
+        if len(form) == 2:
+            return _contains(reply_toks, form)
+        wrong = r.source + form if r.right else form + r.source  # at an edge: one neighbour
+        return _contains(reply_toks, form) and not _contains(reply_toks, wrong)
+    function_words = len(r.target) <= 2 and all(len(t) <= 3 or _IS_CJK.match(t) for t in r.target)
+    if not function_words and not _contains(tokens(utterance), r.target):
+        return _contains(reply_toks, form)
+    contexts = [r.left[-1:] + r.target, r.target + r.right[:1]]
+    return any(len(c) > len(r.target) and _contains(reply_toks, c) for c in contexts)
+
+
 def withholds_correction(reply: str, utterance: str, correction: str) -> bool:
     """The reply does not give away the corrected form of the first edit.
 

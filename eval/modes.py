@@ -28,7 +28,7 @@ from eval.metrics import (
     _IS_CJK,
     PERSPECTIVE_SWAPS,
     _token_matches,
-    contains_correction,
+    contains_correction_in_context,
     explicit_corrections,
     tokens,
 )
@@ -186,6 +186,8 @@ CLARIFICATION_CUES: dict[str, tuple[str, ...]] = {
     "en": (
         "what do you mean",
         "what did you mean",
+        "can you repeat",
+        "could you repeat",
         "pardon",
         "sorry?",
         "i don't understand",
@@ -200,6 +202,7 @@ CLARIFICATION_CUES: dict[str, tuple[str, ...]] = {
         "no entiendo",
         "no te entiendo",
         "no te entendí",
+        "puedes repetir",
         "cómo?",
     ),
     "zh": ("什么意思", "你是说", "我不明白", "没听懂", "不太明白", "没明白"),
@@ -297,8 +300,11 @@ def changed_corrections(utterance: str, corrections: Sequence[str]) -> list[str]
 
 
 def uptake(reply: str, utterance: str, corrections: Sequence[str]) -> bool:
-    """The reply uses the corrected form of the first edit of any gold correction."""
-    return any(contains_correction(reply, utterance, c) for c in corrections if c != utterance)
+    """The reply uses the corrected form of the first edit of any gold correction (in context
+    when the form is a function word or the learner already wrote it elsewhere)."""
+    return any(
+        contains_correction_in_context(reply, utterance, c) for c in corrections if c != utterance
+    )
 
 
 def form_changes(utterance: str, reply: str, language: str) -> list[tuple[str, str]]:

@@ -14,6 +14,8 @@ from typing import Any
 from eval.replies import METRICS
 
 PLOTTED = ("pedagogy", *(m.name for m in METRICS))
+SHORT = {"elicitation": "elicit", "metalinguistic": "metaling.", "clarification": "clarify"}
+SHORT["explicit_correction"] = "explicit"
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -80,7 +82,8 @@ def plot_confusion(result: dict[str, Any], out: Path) -> Path:
             for j, v in enumerate(row):
                 if v:
                     ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(c["cols"])), [s[:8] for s in c["cols"]], rotation=45, fontsize=7)
+        short = [SHORT.get(s, s) for s in c["cols"]]
+        ax.set_xticks(range(len(c["cols"])), short, rotation=45, fontsize=7)
         ax.set_yticks(range(len(c["rows"])), c["rows"], fontsize=7)
         ax.set_title(model, fontsize=8)
         ax.set_xlabel("classified move", fontsize=7)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval.diversity import distinct_n, diversity, mode_collapse, repeated_openings
+from eval.metrics import contains_correction, contains_correction_in_context
 from eval.modes import LABELS, classify_mode, confusion_matrix
 from eval.replies import (
     METRICS,
@@ -88,6 +89,50 @@ def test_a_control_can_still_be_recast_by_a_changed_form() -> None:
     assert classify_mode("Oh, you saw two cats at the store? Nice!", text, [text], "en") == "none"
     # a different word is conversation, not a corrected form
     assert classify_mode("Oh, you saw two dogs at the store? Nice!", text, [text], "en") == "none"
+
+
+# -- uptake in context -----------------------------------------------------------------------------
+
+UPTAKE_CASES = [
+    # (utterance, correction, reply, the gates' contains_correction, in context)
+    (*EN, "Oh, you went to the store?", True, True),
+    (*EN, "Oh, you go to the store?", False, False),
+    # a lone function word counts only beside its neighbours in the correction
+    ("I go store.", "I go to the store.", "You go to the store?", True, True),
+    ("I go store.", "I go to the store.", "You go store? Give it to the kids.", True, False),
+    # a word the learner already wrote elsewhere needs context too
+    (
+        "People think people smart.",
+        "People think people are smart.",
+        "People think people smart? Are you sure?",
+        True,
+        False,
+    ),
+    # a deletion at the start: the word must be gone, not just its neighbour present
+    (
+        "the successful people try.",
+        "Successful people try.",
+        "Yes, the successful people!",
+        True,
+        False,
+    ),
+    (
+        "the successful people try.",
+        "Successful people try.",
+        "Yes, successful people try!",
+        True,
+        True,
+    ),
+    (*ES, "Ah, ayer fuiste a la playa.", True, True),
+    (*ZH, "哦，你买了三本书。", True, True),
+    (*ZH, "哦，你买了三个书。", False, False),
+]
+
+
+@pytest.mark.parametrize(("utterance", "correction", "reply", "gate", "strict"), UPTAKE_CASES)
+def test_uptake_in_context_is_stricter_than_the_gate(utterance, correction, reply, gate, strict):
+    assert contains_correction(reply, utterance, correction) is gate
+    assert contains_correction_in_context(reply, utterance, correction) is strict
 
 
 # -- error echo ------------------------------------------------------------------------------------
