@@ -117,7 +117,7 @@ class KeyStore:
 def requires(scope: str, *, open_without_keys: bool = True) -> Callable[[Request], Principal]:
     """A dependency: the caller's principal, or 401/403."""
 
-    def dependency(request: Request) -> Principal:
+    async def dependency(request: Request) -> Principal:
         store: KeyStore = request.app.state.keys
         principal = store.require(request, scope, open_without_keys=open_without_keys)
         request.state.principal = principal
@@ -129,7 +129,7 @@ def requires(scope: str, *, open_without_keys: bool = True) -> Callable[[Request
 def requires_if(flag: str, scope: str) -> Callable[[Request], Principal | None]:
     """For /health and /metrics: open when the setting says so, else keyed."""
 
-    def dependency(request: Request) -> Principal | None:
+    async def dependency(request: Request) -> Principal | None:
         store: KeyStore = request.app.state.keys
         if getattr(store, flag):
             return None

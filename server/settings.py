@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         return [self.home, *self.extra_adapter_roots]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

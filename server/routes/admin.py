@@ -41,7 +41,7 @@ class Promote(BaseModel):
     version: str = Field(min_length=1, max_length=256)
 
 
-def _manager(service: ServiceDep) -> AdapterManager:
+async def _manager(service: ServiceDep) -> AdapterManager:
     if service.adapters is None:
         raise InvalidRequest("this gateway's engine has no local adapters (openai upstream)")
     return service.adapters
