@@ -96,7 +96,9 @@ def test_upstream_down_gives_503_with_retry_after(tiny_path):
         engine="openai", model="tiny-qwen3", upstream_url=f"http://127.0.0.1:{free_port()}/v1"
     )
     with running_server(create_app(settings)) as url:
-        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "tutor", "messages": LEARNER})
+        r = httpx.post(
+            f"{url}/v1/chat/completions", timeout=60, json={"model": "tutor", "messages": LEARNER}
+        )
         assert r.status_code == 503
         assert int(r.headers["retry-after"]) > 0
         assert r.json()["error"]["code"] == "engine_unavailable"
@@ -108,7 +110,9 @@ def test_upstream_missing_model_is_404(upstream):
         engine="openai", model="no-such-upstream-model", upstream_url=f"{upstream}/v1"
     )
     with running_server(create_app(settings)) as url:
-        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "tutor", "messages": LEARNER})
+        r = httpx.post(
+            f"{url}/v1/chat/completions", timeout=60, json={"model": "tutor", "messages": LEARNER}
+        )
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "model_not_found"
 
@@ -121,6 +125,7 @@ def test_an_upstream_400_stays_a_400(tutor_home, tiny_path):
             r = httpx.post(
                 f"{url}/v1/chat/completions",
                 json={"model": "tutor", "messages": LEARNER, "max_tokens": 16},
+                timeout=60,  # a loaded CI machine is slower than httpx's 5 s default
             )
     assert r.status_code == 400, r.text
     err = r.json()["error"]
