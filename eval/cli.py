@@ -109,6 +109,9 @@ def compare(
     tolerance: Annotated[float, typer.Option(help="pedagogy scores this close are tied")] = 0.02,
     out: Annotated[Path | None, typer.Option(help="report folder (default <run>/report)")] = None,
     votes: Annotated[Path | None, typer.Option(help="arena votes (SQLite)")] = None,
+    languages: Annotated[
+        str | None, typer.Option(help="only these items' languages, e.g. en or en,es")
+    ] = None,
     promote: Annotated[
         bool, typer.Option(help="promote the recommended version in the registry")
     ] = False,
@@ -122,8 +125,13 @@ def compare(
 
     data = load_run(run, home)
     registry = _registry(required=promote)
+    langs = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
     result = compare_run(
-        data, tolerance=tolerance, registry=registry, votes=votes or default_votes_path(home)
+        data,
+        tolerance=tolerance,
+        registry=registry,
+        votes=votes or default_votes_path(home),
+        languages=langs,
     )
     if promote:
         result["decision"]["promotion"] = do_promote(result["decision"], registry)

@@ -96,12 +96,18 @@ def item_groups(item: SuiteItem) -> dict[str, str]:
     }
 
 
-def score_run(run: RunData) -> dict[str, list[dict[str, Any]]]:
-    """Per model, one row per suite item: the item, the reply and every metric."""
+def score_run(
+    run: RunData, languages: Sequence[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Per model, one row per suite item (of ``languages``, default all): the item, the reply
+    and every metric."""
+    items = [it for it in run.suite.items if not languages or it.language in languages]
+    if not items:
+        raise ValueError(f"no items in {run.suite.ref} for languages {list(languages or [])}")
     out: dict[str, list[dict[str, Any]]] = {}
     for model in run.models:
         rows = []
-        for item in run.suite.items:
+        for item in items:
             rec = run.replies.get(model, {}).get(item.id)
             if rec is None:
                 raise ValueError(f"{run.path}: no reply from {model} to {item.id}")
@@ -318,9 +324,11 @@ def compare_run(
     tolerance: float = DEFAULT_TOLERANCE,
     registry: Any | None = None,
     votes: Path | None = None,
+    languages: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as plain data (written as report.json)."""
-    scored = score_run(run)
+    """Everything the report shows, as plain data (written as report.json); ``languages``
+    restricts the comparison (and the decision) to those items."""
+    scored = score_run(run, languages)
     adapters = {m: run.model_meta(m)["adapter"] for m in run.models}
     for m in run.models:
         served = run.model_meta(m).get("served_by") or [adapters[m]]
@@ -340,6 +348,7 @@ def compare_run(
     result = {
         "run": str(run.path),
         "suite": run.suite.ref,
+        "languages": sorted({r["language"] for rows in scored.values() for r in rows}),
         "suite_counts": run.suite.manifest.get("counts", {}),
         "generation": run.suite.generation,
         "base_url": run.meta.get("base_url"),

@@ -131,6 +131,9 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         f"({result['suite_counts'].get('controls', '?')} error-free controls, "
         f"{result['suite_counts'].get('multi_turn', '?')} multi-turn).",
         "",
+        f"Compared on {result['metrics'][models[0]]['pedagogy']['n']} items in "
+        f"{', '.join(result.get('languages', []))}.",
+        "",
         "## Decision",
         "",
         f"Rule: {d['rule']} (tolerance {d['tolerance']}).",

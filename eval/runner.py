@@ -226,7 +226,7 @@ def runs_dir(home: Path | str | None = None) -> Path:
 
 
 def default_run_name(suite: Suite, models: Sequence[str]) -> str:
-    slug = re.sub(r"[^A-Za-z0-9@._-]+", "_", "+".join(models))
+    slug = re.sub(r"[^A-Za-z0-9@._+-]+", "_", "+".join(models))
     if len(slug) > 80:
         slug = slug[:60] + "-" + hashlib.sha256(slug.encode()).hexdigest()[:8]
     return f"{suite.ref}--{slug}"

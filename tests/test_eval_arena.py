@@ -166,3 +166,9 @@ def test_the_report_shows_the_human_win_rate(run, tmp_path: Path) -> None:
     md = files["markdown"].read_text()
     assert "3 votes." in md and "![human](human.png)" in md
     assert compare_run(run, votes=tmp_path / "none.sqlite")["human"] is None
+    # a comparison restricted to one language's items (the decision then rests on them only)
+    en = compare_run(run, languages=["en"])
+    assert en["languages"] == ["en"]
+    assert en["metrics"]["tutor@1"]["pedagogy"]["n"] == 4
+    with pytest.raises(ValueError, match="no items"):
+        compare_run(run, languages=["fr"])
