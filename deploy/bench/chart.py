@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,34 +40,41 @@ def plot(reports: list[dict[str, Any]], out: Path, upstreams: list[str]) -> Path
     import matplotlib.pyplot as plt
 
     modes = ("nonstream", "stream")
-    fig, axes = plt.subplots(
-        len(upstreams), 2, figsize=(11, 4.0 * len(upstreams)), squeeze=False, sharex=True
-    )
-    for row, upstream in enumerate(upstreams):
-        data = series(reports, upstream)
-        for ax, mode in zip(axes[row], modes, strict=True):
-            lowest = 0.0
-            for (version, m), points in sorted(data.items()):
-                if m != mode:
-                    continue
-                xs = [p[0] for p in points]
-                colour = COLOURS.get(version, "tab:gray")
-                ax.plot(xs, [p[1] for p in points], "o-", color=colour, label=f"{version} p50")
-                ax.plot(xs, [p[2] for p in points], "s--", color=colour, label=f"{version} p99")
-                lowest = min([lowest, *(p[1] for p in points), *(p[2] for p in points)])
-            ax.axhline(1.0, color="tab:green", linestyle=":", label="target p50 (1 ms)")
-            ax.axhline(5.0, color="tab:olive", linestyle=":", label="target p99 (5 ms)")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("symlog", linthresh=1.0)
-            ax.set_ylim(bottom=1.5 * lowest if lowest < 0 else 0)
-            ax.set_xticks([1, 8, 32], ["1", "8", "32"])
-            ax.set_xlabel("concurrent clients")
-            ax.set_ylabel("added latency, ms (gateway - direct)")
-            name = "streaming" if mode == "stream" else "non-streaming"
-            what = {"fake": "fake upstream (instant)", "paced": "fake upstream, 20 ms/token"}
-            ax.set_title(f"{name}, {what.get(upstream, upstream)}", fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+    panels = [
+        (upstream, mode, data)
+        for upstream in upstreams
+        for data in [series(reports, upstream)]
+        for mode in modes
+        if any(k[1] == mode for k in data)
+    ]
+    cols = 3 if len(panels) == 3 else 2
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (upstream, mode, data) in zip(axes.flat, panels, strict=False):
+        lowest = 0.0
+        for (version, m), points in sorted(data.items()):
+            if m != mode:
+                continue
+            xs = [p[0] for p in points]
+            colour = COLOURS.get(version, "tab:gray")
+            ax.plot(xs, [p[1] for p in points], "o-", color=colour, label=f"{version} p50")
+            ax.plot(xs, [p[2] for p in points], "s--", color=colour, label=f"{version} p99")
+            lowest = min([lowest, *(p[1] for p in points), *(p[2] for p in points)])
+        ax.axhline(1.0, color="tab:green", linestyle=":", label="target p50 (1 ms)")
+        ax.axhline(5.0, color="tab:olive", linestyle=":", label="target p99 (5 ms)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(bottom=1.5 * lowest if lowest < 0 else 0)
+        ax.set_xticks([1, 8, 32], ["1", "8", "32"])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("added latency, ms (gateway - direct)")
+        name = "streaming" if mode == "stream" else "non-streaming"
+        what = {"fake": "fake upstream (instant)", "paced": "fake upstream, 20 ms/token"}
+        ax.set_title(f"{name}, {what.get(upstream, upstream)}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes.flat[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Gateway overhead on a shared 2-core VM, measured side by side", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
