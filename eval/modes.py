@@ -29,6 +29,7 @@ from eval.metrics import (
     PERSPECTIVE_SWAPS,
     _token_matches,
     contains_correction_in_context,
+    detect_language,
     explicit_corrections,
     tokens,
 )
@@ -106,6 +107,9 @@ METALINGUISTIC_CUES: dict[str, tuple[str, ...]] = {
         "think about the time",
         "look closely",
         "read it aloud",
+        "read your sentence",
+        "could sound more natural",
+        "could be more natural",
     ),
     "es": (
         "tiempo verbal",
@@ -127,6 +131,9 @@ METALINGUISTIC_CUES: dict[str, tuple[str, ...]] = {
         "cualidad o un estado",
         "fíjate",
         "léelo en voz alta",
+        "lee tu frase",
+        "podría sonar más natural",
+        "hay una palabra que",
     ),
     "zh": (
         "想一想",
@@ -142,6 +149,9 @@ METALINGUISTIC_CUES: dict[str, tuple[str, ...]] = {
         "搭配",
         "标点",
         "小词",
+        "再读一遍",
+        "说得更自然",
+        "更自然的说法",
     ),
 }
 # An imperative "think about ..." at a sentence start is a hint; "what do you think about" is not.
@@ -355,8 +365,27 @@ def _is_expansion(reply: str, utterance: str, corrections: Sequence[str], langua
     return False
 
 
-def _elicits(reply: str, utterance: str, language: str) -> bool:
-    if _has_cue(reply, ELICITATION_CUES.get(language, ()), language):
+def reply_languages(reply: str, language: str) -> list[str]:
+    """The item's language, and the reply's own when it is another one: a tutor that answers a
+    Spanish learner in English ("Read your sentence once more...") still makes an English move,
+    and its cues are English."""
+    detected = detect_language(reply)
+    return [language] + ([detected] if detected and detected != language else [])
+
+
+def explicit_phrases(reply: str, language: str) -> list[str]:
+    """Explicit-correction phrases in the item's language or the reply's."""
+    return [
+        p for lang in reply_languages(reply, language) for p in explicit_corrections(reply, lang)
+    ]
+
+
+def _cue(reply: str, table: dict[str, tuple[str, ...]], langs: Sequence[str]) -> bool:
+    return any(_has_cue(reply, table.get(lang, ()), lang) for lang in langs)
+
+
+def _elicits(reply: str, utterance: str, language: str, langs: Sequence[str]) -> bool:
+    if _cue(reply, ELICITATION_CUES, langs):
         return True
     m = _ELLIPSIS.search(reply)
     if not m:
@@ -372,23 +401,24 @@ def classify_mode(reply: str, utterance: str, corrections: Sequence[str], langua
     """One of :data:`LABELS` for the reply to a learner utterance with its gold corrections.
 
     An error-free utterance (every correction equal to it) can still get ``recast`` when the
-    tutor changes one of its forms, which is how over-correction shows up.
+    tutor changes one of its forms, which is how over-correction shows up. Cues are looked for
+    in the item's language and, when it differs, the reply's.
     """
     if not reply.strip():
         return "none"
-    if explicit_corrections(reply, language):
+    langs = reply_languages(reply, language)
+    if explicit_phrases(reply, language):
         return "explicit_correction"
     changed = changed_corrections(utterance, corrections)
     if changed and uptake(reply, utterance, changed):
         return "expansion" if _is_expansion(reply, utterance, changed, language) else "recast"
-    think = _THINK.get(language)
-    if _has_cue(reply, METALINGUISTIC_CUES.get(language, ()), language) or (
-        think is not None and think.search(reply)
+    if _cue(reply, METALINGUISTIC_CUES, langs) or any(
+        _THINK[lang].search(reply) for lang in langs if lang in _THINK
     ):
         return "metalinguistic"
-    if _elicits(reply, utterance, language):
+    if _elicits(reply, utterance, language, langs):
         return "elicitation"
-    if _has_cue(reply, CLARIFICATION_CUES.get(language, ()), language):
+    if _cue(reply, CLARIFICATION_CUES, langs):
         return "clarification"
     if form_changes(utterance, reply, language):
         return "recast"

@@ -20,13 +20,12 @@ from eval.metrics import (
     _IS_CJK,
     _contains,
     detect_language,
-    explicit_corrections,
     has_question,
     length_ok,
     tokens,
     withholds_correction,
 )
-from eval.modes import FUNCTION_WORDS, classify_mode, uptake
+from eval.modes import FUNCTION_WORDS, classify_mode, explicit_phrases, reply_languages, uptake
 
 # -- error echo ------------------------------------------------------------------------------------
 
@@ -69,7 +68,7 @@ def error_echo(reply: str, utterance: str, corrections: Sequence[str], language:
 
     Checked against the first edit of every gold correction; one echoed error is enough.
     """
-    if explicit_corrections(reply, language):
+    if explicit_phrases(reply, language):
         return False  # marked: the reply points at it (counted as explicit instead)
     reply_toks = tokens(reply)
     quoted = _quoted_tokens(reply)
@@ -245,8 +244,9 @@ def score_reply(
     changed = [c for c in corrections if c != utterance]
     is_error = bool(changed) and not control
     label = classify_mode(reply, utterance, corrections, language)
-    explicit = explicit_corrections(reply, language)
-    flags = tone_flags(reply, language)
+    explicit = explicit_phrases(reply, language)
+    langs = reply_languages(reply, language)
+    flags = sorted({f for lang in langs for f in tone_flags(reply, lang)})
     form_modes = mode in ("recast", "expansion")
     withheld = all(withholds_correction(reply, utterance, c) for c in changed) if is_error else None
     detected = detect_language(reply)

@@ -40,7 +40,8 @@ def plot_metrics(result: dict[str, Any], out: Path) -> Path:
 
     models = [m["model"] for m in result["models"]]
     names = [n for n in PLOTTED if any(n in result["metrics"][m] for m in models)]
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) * max(1, len(models)) / 2), 3.8))
+    width_in = min(13.0, max(8.0, 0.2 * len(names) * max(1, len(models))))
+    fig, ax = plt.subplots(figsize=(width_in, 4.2))
     width = 0.8 / max(1, len(models))
     for i, model in enumerate(models):
         xs, ys, lo, hi = [], [], [], []
@@ -59,7 +60,7 @@ def plot_metrics(result: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("share of replies (mean, 95% CI)")
     ax.set_title(f"{result['suite']}: per-reply metrics ((v): lower is better)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(4, len(models)))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside, not over bars
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -62,6 +62,21 @@ MODE_CASES = [
     ("zh", "你是说什么？我不太明白。", "clarification"),
     ("zh", "不对，应该说三本书。", "explicit_correction"),
     ("zh", "今天天气很好。你喜欢看电影吗？", "none"),
+    # the Stage 1 adapters' generic hint, also when it answers a Spanish or Chinese learner in
+    # English: the cues of the reply's own language count too
+    (
+        "en",
+        "Read your sentence once more: one part could sound more natural. Try again?",
+        "metalinguistic",
+    ),
+    (
+        "es",
+        "Read your sentence once more: one part could sound more natural. Try again?",
+        "metalinguistic",
+    ),
+    ("zh", "That's wrong. What did you buy?", "explicit_correction"),
+    ("es", "Lee tu frase otra vez: una parte podría sonar más natural.", "metalinguistic"),
+    ("zh", "再读一遍你的句子，有一个地方可以说得更自然。", "metalinguistic"),
 ]
 
 
