@@ -17,6 +17,8 @@ from eval.metrics import (
     message_hash,
     withholds_correction,
 )
+from eval.modes import classify_mode
+from eval.replies import OVER_CORRECTION_LABELS
 
 GIVES_FORM = ("recast", "expansion", "confirm")
 WITHHOLDS_FORM = ("elicitation", "metalinguistic")
@@ -29,6 +31,7 @@ REASONS = (
     "missing_corrected_form",
     "gave_away_answer",
     "explicit_correction",
+    "over_correction",
     "no_question",
     "length",
     "wrong_language",
@@ -95,6 +98,8 @@ def row_failures(row: dict[str, Any], language: str | None = None) -> list[str]:
                 fails.append("gave_away_answer")
         if explicit_corrections(reply, lang):
             fails.append("explicit_correction")
+        if mode == "natural" and classify_mode(reply, utt, [corr], lang) in OVER_CORRECTION_LABELS:
+            fails.append("over_correction")
         if not has_question(reply):
             fails.append("no_question")
         if not length_ok(reply, lang):

@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from train.data import ErrorRecord, atomic_write_text, load_split
+from train.synth import derive
 from train.templates import self_repair, tutor_reply
 
 MODES = ("recast", "elicitation", "expansion", "metalinguistic")
@@ -44,6 +45,8 @@ class GenJob:
     modes: str = "interleave"  # "interleave" or "block:N" (rotate the mode every N rows)
     multi_turn: float = 0.3  # share of dialogues with a second exchange
     max_chars: int = 220  # skip learner sentences longer than this (essays' run-ons)
+    derive: str | None = None  # references | synthetic:en | synthetic:zh-heritage | controls
+    as_learner: str | None = None  # relabel the records' learner type (MuCGEC for heritage)
     seed: int = 0
 
     def plan_hash(self) -> str:
@@ -93,10 +96,11 @@ def _stable_fraction(key: str) -> float:
 
 def plan(job: GenJob, records: Sequence[ErrorRecord]) -> list[PlanItem]:
     """Deterministic: the same job and records always give the same items in the same order."""
+    controls = job.derive == "controls"
     pool = [
         r
         for r in records
-        if r.changed
+        if (r.changed or controls)
         and (job.learner is None or r.learner == job.learner)
         and (job.language is None or r.language == job.language)
         and len(r.utterance) <= job.max_chars
@@ -105,10 +109,10 @@ def plan(job: GenJob, records: Sequence[ErrorRecord]) -> list[PlanItem]:
     random.Random(job.seed).shuffle(pool)
     if job.limit is not None:
         pool = pool[: job.limit]
-    modes = assign_modes(len(pool), job.modes, job.seed)
+    modes = ["natural"] * len(pool) if controls else assign_modes(len(pool), job.modes, job.seed)
     items = []
     for i, (rec, mode) in enumerate(zip(pool, modes, strict=True)):
-        multi = _stable_fraction(f"{job.seed}:multi:{rec.id}") < job.multi_turn
+        multi = not controls and _stable_fraction(f"{job.seed}:multi:{rec.id}") < job.multi_turn
         follow = pool[(i + 1) % len(pool)] if multi and mode in ("recast", "expansion") else None
         if follow is rec:
             multi, follow = False, None
@@ -149,6 +153,8 @@ MODE_INSTRUCTIONS = {
     "to the error and let them finish it, or ask how they would say it another way.",
     "metalinguistic": "Metalinguistic hint: give a short clue about the rule (for example 'think "
     "about the time') WITHOUT giving the corrected form.",
+    "natural": "The learner's sentence is correct: answer its content naturally, change none of "
+    "their words, and do not correct or comment on the language.",
     "confirm": "The learner corrected themselves: confirm warmly using the corrected sentence, "
     "then continue the conversation.",
 }
@@ -240,12 +246,16 @@ class TeacherGenerator:
 
 def system_prompt_for(variant_id: str, mode: str, key: str, catalogue: Path | None = None) -> str:
     """The persona the gateway will add, with the mode's hint; plain recasts also appear without
-    a hint half of the time, because recasting is what a variant does when nobody asks."""
+    a hint half of the time, because recasting is what a variant does when nobody asks. An
+    error-free turn (``natural``) comes half the time with no hint and half with any of the four:
+    a learner who asked for recasts and wrote a correct sentence gets no correction."""
     from server.settings import DEFAULT_CATALOGUE
 
     variant = _catalogue(catalogue or DEFAULT_CATALOGUE).variants[variant_id]
-    if mode == "recast" and _stable_fraction(f"hint:{key}") < 0.5:
+    if mode in ("recast", "natural") and _stable_fraction(f"hint:{key}") < 0.5:
         return variant.system_prompt()
+    if mode == "natural":
+        return variant.system_prompt(scaffolding=MODES[int(_stable_fraction(f"m:{key}") * 4)])
     return variant.system_prompt(scaffolding=mode)
 
 
@@ -264,6 +274,14 @@ def variant_language(variant_id: str, catalogue: Path | None = None) -> str:
     from server.settings import DEFAULT_CATALOGUE
 
     return _catalogue(catalogue or DEFAULT_CATALOGUE).variants[variant_id].language
+
+
+def origin(rec: ErrorRecord) -> str:
+    """real (a learner wrote it), synthetic (an error injected by train/synth.py) or control
+    (an error-free sentence): the manifest keeps them apart."""
+    if rec.meta.get("control"):
+        return "control"
+    return "synthetic" if rec.meta.get("synthetic") else "real"
 
 
 async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str, Any]:
@@ -299,6 +317,7 @@ async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str
         "job": job.name,
         "record_id": rec.id,
         "source": rec.source,
+        "origin": origin(rec),
         "language": language,
         "learner": rec.learner,
         "l1": rec.l1,
@@ -435,6 +454,7 @@ def generate_dialogues(
         job.language = variant_language(job.variant)
     if records is None:
         records = load_split(job.source, job.split, root=data_root, home=home)
+    records = derive(list(records), job.derive, seed=job.seed, learner=job.as_learner)
     items = plan(job, records)
     writer = ResumableJsonl(out, job.plan_hash(), len(items))
     state = writer.recover(restart=restart)

@@ -54,6 +54,9 @@ class Recipe:
     jobs: dict[str, GenJob]
     sets: dict[str, SetSpec]
     path: Path | None = None
+    # No sentence may open or close more than this share of a set's replies: a model trained on
+    # a set where one catch-all hint is half the replies learns to say that hint.
+    max_sentence_share: float = 0.03
 
     @classmethod
     def load(cls, path: Path | str) -> Recipe:
@@ -87,6 +90,7 @@ class Recipe:
             jobs=jobs,
             sets=sets,
             path=path,
+            max_sentence_share=float(raw.get("max_sentence_share", 0.03)),
         )
 
     def generated_path(self, job: str, home: Path | None = None) -> Path:
@@ -129,8 +133,37 @@ def _count(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def sentence_shares(rows: list[dict[str, Any]], top: int = 5) -> list[tuple[str, float]]:
+    """The sentences that recur most across the assistant replies, with the share of replies
+    that contain each: how "template" a set reads."""
+    from collections import Counter
+
+    from eval.modes import sentences
+
+    counts: Counter[str] = Counter()
+    replies = 0
+    for r in rows:
+        for m in r["messages"]:
+            if m["role"] == "assistant":
+                replies += 1
+                counts.update(
+                    {s.strip() for s in sentences(m["content"]) if any(c.isalnum() for c in s)}
+                )
+    return [(s, round(n / max(1, replies), 4)) for s, n in counts.most_common(top)]
+
+
 def _training_row(row: dict[str, Any]) -> dict[str, Any]:
-    keep = ("id", "source", "record_id", "language", "learner", "variant", "mode", "category")
+    keep = (
+        "id",
+        "source",
+        "origin",
+        "record_id",
+        "language",
+        "learner",
+        "variant",
+        "mode",
+        "category",
+    )
     return {**{k: row.get(k) for k in keep}, "messages": row["messages"]}
 
 
@@ -184,7 +217,13 @@ def build_set(recipe: Recipe, name: str, *, home: Path | None = None) -> dict[st
     split_manifest = split_dir(home) / "manifest.json"
     if split_manifest.exists():
         inputs["splits/manifest.json"] = sha256_file(split_manifest)
-    sources = sorted({r["source"] for r in train_rows + eval_rows})
+    sources = sorted({r["source"].removeprefix("synth-") for r in train_rows + eval_rows})
+    shares = sentence_shares(train_rows)
+    if shares and shares[0][1] > recipe.max_sentence_share:
+        raise ValueError(
+            f"set {name}: the sentence {shares[0][0]!r} is in {shares[0][1]:.1%} of the replies, "
+            f"over the recipe's max_sentence_share {recipe.max_sentence_share:.0%}: add phrasings"
+        )
     manifest = {
         "recipe": recipe.name,
         "recipe_sha256": sha256_file(recipe.path) if recipe.path else None,
@@ -197,6 +236,12 @@ def build_set(recipe: Recipe, name: str, *, home: Path | None = None) -> dict[st
             "by_source": _count(train_rows, "source"),
             "by_mode": _count(train_rows, "mode"),
             "by_learner": _count(train_rows, "learner"),
+            "by_origin": _count(train_rows, "origin"),
+            "by_category": _count(train_rows, "category"),
+            "controls_share": round(
+                sum(r.get("origin") == "control" for r in train_rows) / max(1, len(train_rows)), 4
+            ),
+            "top_sentences": [{"sentence": s, "share": v} for s, v in shares],
             "multi_turn": sum(1 for r in train_rows if r.get("multi_turn")),
             "components": components,
         },
