@@ -176,3 +176,26 @@ def test_recasts_of_synthetic_errors_carry_the_correction() -> None:
     for r in inject(_jfleg_like(), "en", seed=3):
         reply = tutor_reply("recast", r.utterance, r.correction, "en", r.category, key=r.id)
         assert contains_correction(reply, r.utterance, r.correction), (r.utterance, reply)
+
+
+def test_narratives_give_tense_and_agreement_errors() -> None:
+    recs = derive([], "narrative:en", seed=1)
+    cats = {r.category for r in recs}
+    assert cats == {"verb_tense", "agreement"}
+    assert sum(r.category == "verb_tense" for r in recs) > 300
+    assert all(r.meta["synthetic"] and r.group.startswith("narrative-") for r in recs)
+    tense = next(r for r in recs if r.category == "verb_tense")
+    assert tense.utterance != tense.correction
+
+
+def test_per_category_caps_a_crowded_category() -> None:
+    from train.generate import GenJob, plan
+
+    recs = inject(per_reference(_jfleg_like()) * 1, "en", seed=5) + derive(
+        [], "narrative:en", seed=1
+    )
+    capped = plan(GenJob(name="x", source="jfleg", variant="tutor", per_category=5), recs)
+    counts: dict[str, int] = {}
+    for item in capped:
+        counts[item.record.category] = counts.get(item.record.category, 0) + 1
+    assert counts["verb_tense"] == 5 and max(counts.values()) == 5

@@ -166,6 +166,63 @@ def train_sft(
     typer.echo(f"run: {result.run_dir}  versions: {', '.join(result.versions) or '-'}")
 
 
+@train_app.command("all")
+def train_all(
+    phase: Annotated[
+        list[str] | None,
+        typer.Option(help="only these phases: split, generate, build, stage1, stage2[:variant]"),
+    ] = None,
+    stage1_version: Annotated[
+        str | None, typer.Option(help="Stage 2 starts from this (default: Stage 1's last)")
+    ] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="Stage 2 variants")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override for every SFT run")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Split, generate, build, Stage 1, Stage 2 for every variant: resumable, one bar a phase."""
+    from train.pipeline import STAGE2_VARIANTS, Plan, run_all
+
+    plan = Plan(
+        variants=tuple(variant or STAGE2_VARIANTS),
+        stage1_version=stage1_version,
+        home=home,
+        overrides=set_ or [],
+    )
+    total = sum(r.seconds for r in run_all(plan, phase))
+    typer.echo(f"done in {total / 60:.1f} min")
+
+
+@train_app.command("sweep")
+def train_sweep(
+    config: Annotated[Path | None, typer.Option(help="YAML config (see train/configs/)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override: section.key=value")
+    ] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="batch sizes to time")] = None,
+    lr: Annotated[list[float] | None, typer.Option(help="learning rates to compare")] = None,
+    speed_steps: Annotated[int, typer.Option(help="steps per batch-size point")] = 6,
+    lr_steps: Annotated[int, typer.Option(help="steps per learning-rate point")] = 24,
+    name: Annotated[str, typer.Option(help="$TUTOR_HOME/sweeps/<name>")] = "sweep",
+    home: HomeOpt = None,
+) -> None:
+    """Batch size by measured tokens/s, then learning rate by held-out perplexity."""
+    from train.data import tutor_home
+    from train.sweep import sweep, table
+
+    result = sweep(
+        config,
+        set_ or [],
+        batches=batch or [4, 8, 16],
+        lrs=lr or [1e-4, 3e-4, 6e-4],
+        speed_steps=speed_steps,
+        lr_steps=lr_steps,
+        out=tutor_home(home) / "sweeps" / name,
+    )
+    typer.echo(table(result))
+
+
 @train_app.command("export-ollama")
 def train_export_ollama(
     adapter: Annotated[str, typer.Argument(help="adapter folder or registry name (tutor@3)")],

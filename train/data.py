@@ -30,6 +30,7 @@ LICENCES = {
     "cowsl2h": "Apache-2.0 (derived sentence pairs, see its README)",
     "mucgec": "Apache-2.0 (research/evaluation use; see the caution in its README)",
     "l1bank": "Apache-2.0 (written for this project)",
+    "narrative": "Apache-2.0 (sentences composed for this project in train/synth.py)",
 }
 LANGUAGES = {"jfleg": "en", "cowsl2h": "es", "mucgec": "zh"}
 # Fraction of each source's groups held out for evaluation; never trained on.

@@ -45,7 +45,9 @@ class GenJob:
     modes: str = "interleave"  # "interleave" or "block:N" (rotate the mode every N rows)
     multi_turn: float = 0.3  # share of dialogues with a second exchange
     max_chars: int = 220  # skip learner sentences longer than this (essays' run-ons)
-    derive: str | None = None  # references | synthetic:en | synthetic:zh-heritage | controls
+    derive: str | None = None  # references | synthetic:en | synthetic:zh-heritage | narrative:en
+    #                            | controls (train/synth.py)
+    per_category: int | None = None  # at most this many records of one error category
     as_learner: str | None = None  # relabel the records' learner type (MuCGEC for heritage)
     seed: int = 0
 
@@ -107,6 +109,14 @@ def plan(job: GenJob, records: Sequence[ErrorRecord]) -> list[PlanItem]:
     ]
     pool.sort(key=lambda r: r.id)
     random.Random(job.seed).shuffle(pool)
+    if job.per_category is not None:  # no category crowds out the others
+        seen: dict[str | None, int] = {}
+        kept = []
+        for r in pool:
+            seen[r.category] = seen.get(r.category, 0) + 1
+            if seen[r.category] <= job.per_category:
+                kept.append(r)
+        pool = kept
     if job.limit is not None:
         pool = pool[: job.limit]
     modes = ["natural"] * len(pool) if controls else assign_modes(len(pool), job.modes, job.seed)

@@ -51,6 +51,17 @@ AGREEMENT_SWAPS = {
     "are": "is", "were": "was", "have": "has",
 }  # fmt: skip
 _THIRD = {"he", "she", "it"}
+# Third-person verbs whose -s a learner drops after a singular noun ("My sister work").
+THIRD_PERSON_VERBS = {
+    "works": "work", "lives": "live", "likes": "like", "plays": "play", "goes": "go",
+    "watches": "watch", "speaks": "speak", "drinks": "drink", "teaches": "teach",
+    "studies": "study", "takes": "take", "cooks": "cook", "loves": "love", "wants": "want",
+    "reads": "read", "walks": "walk", "knows": "know", "makes": "make", "gets": "get",
+    "needs": "need", "thinks": "think", "says": "say", "comes": "come", "writes": "write",
+    "uses": "use", "helps": "help", "buys": "buy", "eats": "eat", "believes": "believe",
+    "seems": "seem", "means": "mean", "gives": "give", "feels": "feel", "becomes": "become",
+}  # fmt: skip
+_PLURAL_SUBJECTS = {"i", "you", "we", "they", "people", "students", "children", "parents"}
 _NOT_VERB_S = {"is", "was", "has", "does", "this", "his", "its", "always", "perhaps", "as", "us"}
 PREPOSITION_SWAPS = {
     "in": ("on", "at"), "on": ("in", "at"), "at": ("in", "on"), "during": ("in",),
@@ -104,6 +115,8 @@ def en_agreement(sentence: str, rng: random.Random) -> str | None:
         prev = ws[i - 1].group(0).lower() if i else ""
         if w in AGREEMENT_SWAPS and not (w == "have" and prev not in _THIRD):
             spots.append((m, AGREEMENT_SWAPS[w]))
+        elif w in THIRD_PERSON_VERBS and i and prev not in _PLURAL_SUBJECTS:
+            spots.append((m, THIRD_PERSON_VERBS[w]))
         elif prev in _THIRD and w.endswith("s") and w not in _NOT_VERB_S and len(w) > 3:
             base = w[:-2] if w.endswith(("ches", "shes", "sses", "xes", "oes")) else w[:-1]
             if w.endswith("ies"):
@@ -260,6 +273,62 @@ ZH_HERITAGE_RULES: dict[str, Callable[[str, random.Random], str | None]] = {
 
 RULES = {"en": EN_RULES, "zh-heritage": ZH_HERITAGE_RULES}
 
+# -- narrative sentences -----------------------------------------------------------------------
+# Learners tell tutors what they did: past-tense narration and third-person habits are where
+# "Yesterday I go" and "My sister work" come from, and JFLEG's argumentative essays have few of
+# them (94 past verbs in the whole Stage 1 draw). Clean sentences composed from these parts give
+# the tense and agreement rules something to break. They are synthetic and marked so.
+_WHEN = ["Yesterday", "Last weekend", "Last night", "Two days ago", "On Saturday", "Last summer",
+         "Last week", "This morning"]  # fmt: skip
+_WHO = ["I", "my sister", "we", "my parents", "my best friend", "our teacher", "my brother",
+        "my roommate"]  # fmt: skip
+_DID = ["went to the store", "bought a new bike", "watched a movie at home", "visited my grandmother",
+        "ate pizza with friends", "played football in the park", "cooked dinner for everyone",
+        "met an old friend downtown", "took the bus to work", "saw a great concert",
+        "walked to the beach", "studied for the exam", "cleaned the whole house",
+        "called my cousin in Mexico", "wrote a long email", "lost the keys again",
+        "spent all day at the museum", "found a cheap flight", "listened to music all evening",
+        "tried a new restaurant", "stayed at home because it rained", "moved to a new apartment",
+        "started a painting class", "finished the book", "drove to the mountains",
+        "learned a new recipe", "helped a neighbor carry boxes", "waited an hour for the train",
+        "forgot my umbrella at school", "won a small prize"]  # fmt: skip
+_HABIT_WHO = ["My sister", "My father", "My friend Ana", "Our teacher", "My brother", "She",
+              "He", "My neighbor"]  # fmt: skip
+_HABIT = ["works in a hospital", "lives near the river", "likes spicy food", "plays the guitar",
+          "goes to the gym every morning", "watches the news at night", "speaks three languages",
+          "drinks coffee without sugar", "teaches math at a high school", "studies every evening",
+          "takes the train to work", "cooks on Sundays", "loves old movies", "wants a new phone",
+          "reads before bed", "walks the dog after dinner", "has two cats", "is very tall",
+          "does yoga on weekends", "knows a lot about history"]  # fmt: skip
+
+
+def narratives() -> list[ErrorRecord]:
+    """Clean narrative and habit sentences, each its own group (none comes from a corpus)."""
+    out = []
+    for i, when in enumerate(_WHEN):
+        for j, who in enumerate(_WHO):
+            for k, did in enumerate(_DID):
+                if (i + j + k) % 3:  # a third of the product: variety without near-copies
+                    continue
+                out.append(f"{when} {who} {did}.")
+    for j, who in enumerate(_HABIT_WHO):
+        for k, habit in enumerate(_HABIT):
+            if (j + k) % 2 == 0:
+                out.append(f"{who} {habit}.")
+    return [
+        ErrorRecord(
+            id=f"narrative-{n:04d}",
+            source="narrative",
+            language="en",
+            learner="l2",
+            utterance=text[0].upper() + text[1:],
+            corrections=(text[0].upper() + text[1:],),
+            group=f"narrative-{n:04d}",
+            meta={"synthetic": True},
+        )
+        for n, text in enumerate(out)
+    ]
+
 
 # -- records -----------------------------------------------------------------------------------
 
@@ -355,7 +424,7 @@ def controls(records: Iterable[ErrorRecord], *, learner: str | None = None) -> l
     ]
 
 
-DERIVATIONS = ("references", "synthetic:en", "synthetic:zh-heritage", "controls")
+DERIVATIONS = ("references", "synthetic:en", "synthetic:zh-heritage", "narrative:en", "controls")
 
 
 def derive(
@@ -375,4 +444,7 @@ def derive(
         return inject(records, how.split(":", 1)[1], seed=seed, learner=learner)
     if how == "controls":
         return controls(records, learner=learner)
+    if how == "narrative:en":  # the job's own records are not used: see narratives()
+        return [r for r in inject(narratives(), "en", seed=seed, learner=learner)
+                if r.category in ("verb_tense", "agreement")]
     raise ValueError(f"unknown derivation {how!r}; known: {', '.join(DERIVATIONS)}")
