@@ -282,8 +282,9 @@ _WHEN = ["Yesterday", "Last weekend", "Last night", "Two days ago", "On Saturday
          "Last week", "This morning"]  # fmt: skip
 _WHO = ["I", "my sister", "we", "my parents", "my best friend", "our teacher", "my brother",
         "my roommate"]  # fmt: skip
-_DID = ["went to the store", "bought a new bike", "watched a movie at home", "visited my grandmother",
-        "ate pizza with friends", "played football in the park", "cooked dinner for everyone",
+_DID = ["went to the store", "bought a new bike", "watched a movie at home",
+        "visited my grandmother", "ate pizza with friends", "played football in the park",
+        "cooked dinner for everyone",
         "met an old friend downtown", "took the bus to work", "saw a great concert",
         "walked to the beach", "studied for the exam", "cleaned the whole house",
         "called my cousin in Mexico", "wrote a long email", "lost the keys again",
@@ -445,6 +446,9 @@ def derive(
     if how == "controls":
         return controls(records, learner=learner)
     if how == "narrative:en":  # the job's own records are not used: see narratives()
-        return [r for r in inject(narratives(), "en", seed=seed, learner=learner)
-                if r.category in ("verb_tense", "agreement")]
+        return [
+            r
+            for r in inject(narratives(), "en", seed=seed, learner=learner)
+            if r.category in ("verb_tense", "agreement")
+        ]
     raise ValueError(f"unknown derivation {how!r}; known: {', '.join(DERIVATIONS)}")
