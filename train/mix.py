@@ -54,8 +54,8 @@ class Recipe:
     jobs: dict[str, GenJob]
     sets: dict[str, SetSpec]
     path: Path | None = None
-    # No sentence may open or close more than this share of a set's replies: a model trained on
-    # a set where one catch-all hint is half the replies learns to say that hint.
+    # No reply sentence may appear in more than this share of a set's replies: a model trained
+    # on a set where one catch-all hint is half the replies learns to say that hint.
     max_sentence_share: float = 0.03
 
     @classmethod
