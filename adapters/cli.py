@@ -117,3 +117,29 @@ def remove(name: str) -> None:
     except RegistryError as exc:
         raise _fail(exc) from exc
     typer.echo(f"removed {name}")
+
+
+@app.command("ship")
+def ship_(
+    name: Annotated[str, typer.Argument(help="a registered version, e.g. tutor@7")],
+    version: Annotated[int, typer.Option(help="the shipped set's version number")],
+    to: Annotated[
+        Path | None, typer.Option(help="default: adapters/shipped/<variant> beside the catalogue")
+    ] = None,
+) -> None:
+    """Write NAME as the variant's shipped default: bf16 safetensors, a portable config, and
+    tutor-adapter.json (lineage, data manifest hash, eval summary, sha256). Only when eval says
+    the new set wins: see docs/TRAINING.md."""
+    from adapters.shipped import ship
+    from server.app import base_identity
+
+    registry, settings = _registry()
+    try:
+        variant = registry.get(name).variant
+        dest = to or settings.catalogue.parent / "shipped" / variant
+        manifest = ship(
+            registry, name, dest, base_id=base_identity(settings)[0], shipped_version=version
+        )
+    except (RegistryError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{name} -> {dest} ({manifest['size_mb']} MB, sha256 {manifest['sha256'][:12]})")

@@ -24,7 +24,8 @@ class Variant:
     learner: str
     description: str
     persona: str
-    adapter: Path | None
+    adapter: Path | None  # pinned by TUTOR_ADAPTERS: served as is, the registry's alias ignored
+    shipped: Path | None = None  # the catalogue's trained default, registered on start
     defaults: Mapping[str, Any] = field(default_factory=dict)
     scaffolding_hints: Mapping[str, str] = field(default_factory=dict)
     level_hints: Mapping[str, str] = field(default_factory=dict)
@@ -75,7 +76,8 @@ class Catalogue:
                 raise CatalogueError(f"language {lang!r} of {vid} lacks hints for {missing}")
             if not spec.get("persona"):
                 raise CatalogueError(f"variant {vid} has no persona")
-            adapter = overrides.get(vid, spec.get("adapter"))
+            adapter = overrides.get(vid)
+            shipped = spec.get("adapter")
             variants[vid] = Variant(
                 id=vid,
                 language=lang,
@@ -83,6 +85,7 @@ class Catalogue:
                 description=spec.get("description", ""),
                 persona=spec["persona"],
                 adapter=(base_dir / adapter).resolve() if adapter else None,
+                shipped=(base_dir / shipped).resolve() if shipped else None,
                 defaults=dict(spec.get("defaults") or {}),
                 scaffolding_hints=scaffolding,
                 level_hints=levels,

@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 from adapters.registry import Registry
+from adapters.shipped import register_shipped
 from adapters.validation import AdapterValidationError, validate_adapter
 from adapters.variants import Catalogue, Variant
 from server.adapter_manager import AdapterManager
@@ -75,6 +76,14 @@ class ChatService:
         """Validate adapters fixed by configuration, then follow the registry's aliases."""
         if self.settings.engine == "openai" or self.registry is None:
             return
+        if self.settings.shipped_adapters:
+            register_shipped(
+                self.registry,
+                self.catalogue,
+                base_model=self.base_source,
+                base_aliases=(self.base_id, self.settings.model),
+                max_rank=self.engine.max_lora_rank,
+            )
         pinned = {}
         for variant in self.catalogue.variants.values():
             if variant.adapter is None:

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-variant adapter folder overrides, e.g. {"tutor": "/path/to/peft"}.',
     )
+    shipped_adapters: bool = Field(
+        default=True,
+        description="On start, register the catalogue's shipped adapters as <variant>@<n> and "
+        "point aliases nobody else has promoted at them.",
+    )
     upstream_models: dict[str, str] = Field(
         default_factory=dict,
         description="openai engine: variant or adapter name -> upstream model name.",
@@ -164,8 +169,9 @@ class Settings(BaseSettings):
 
     @property
     def adapter_roots(self) -> list[Path]:
-        """Registration copies only from here: the cache (training runs) and configured folders."""
-        return [self.home, *self.extra_adapter_roots]
+        """Registration copies only from here: the cache (training runs), the catalogue's folder
+        (the shipped adapters) and configured folders."""
+        return [self.home, self.catalogue.parent, *self.extra_adapter_roots]
 
 
 async def get_settings(request: Request) -> Settings:
