@@ -145,9 +145,78 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
         ["training.max_steps=7", "lora.r=4", "run.name=x"],
     )
     assert cfg.training["max_steps"] == 7 and cfg.lora.r == 4 and cfg.run.name == "x"
-    assert cfg.training["save_steps"] == 50 and cfg.model.name == "smollm2-135m-instruct"
+    assert cfg.training["save_steps"] == 100 and cfg.model.name == "smollm2-135m-instruct"
     with pytest.raises(ValueError, match="unknown keys"):
         load_config(None, ["lora.rank=4"])
     with pytest.raises(ValueError, match="section.key=value"):
         load_config(None, ["max_steps=4"])
     assert "lora.init_adapter" in config_help()
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(home: Path) -> None:
+    """SIGKILL mid-run, the same command again: it continues after the last checkpoint, and
+    no step is trained or registered twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from adapters.registry import Registry
+    from server.settings import Settings
+
+    repo = Path(__file__).resolve().parent.parent
+    train = _dialogues(home, "tutor-zh-l2", "train", 8)
+    eval_ = _dialogues(home, "tutor-zh-l2", "eval", 2)
+    run_dir = home / "runs" / "resume-test"
+    sets = [
+        "model.name=tiny-qwen3",
+        "model.dtype=float32",
+        f"data.train={train}",
+        f"data.eval={eval_}",
+        "data.max_eval_rows=2",
+        "lora.r=8",
+        "run.variant=tutor-zh-l2",
+        "run.name=resume-test",
+        f"run.home={home}",
+        "training.max_steps=58",  # not a multiple of save_steps
+        "training.save_steps=5",
+        "training.logging_steps=1",
+        "training.per_device_train_batch_size=2",
+        "training.learning_rate=0.001",
+        "training.warmup_steps=0",
+        "training.bf16=false",
+    ]
+    args = [sys.executable, "-m", "train.cli", "train", "sft"]
+    for s in sets:
+        args += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(
+        args, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ckpts = run_dir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (ckpts / "checkpoint-10" / "trainer_state.json").is_file():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the kill must land mid-run"
+    saved = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*"))
+    last = max(s for s in saved if (ckpts / f"checkpoint-{s}" / "trainer_state.json").is_file())
+    assert 10 <= last < 58
+    logged_before = [p["step"] for p in read_jsonl(run_dir / "progress.jsonl")]
+
+    resumed = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logged = [p["step"] for p in read_jsonl(run_dir / "progress.jsonl")]
+    after = logged[len(logged_before) :]
+    assert after[0] == last + 1 and after[-1] == 58  # continued, not restarted
+    assert after == list(range(last + 1, 59))
+
+    reg = Registry.from_settings(Settings(home=home, model="tiny-qwen3"))
+    steps = [v.source["step"] for v in reg.list("tutor-zh-l2") if v.source["run"] == "resume-test"]
+    assert len(steps) == len(set(steps)) and 58 in steps  # nothing registered twice
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 58

@@ -548,7 +548,8 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
     if cfg.run.resume and ckpts:
         resume = str(ckpts[-1])
     trainer.train(resume_from_checkpoint=resume)
-    if trainer.state.global_step % args.save_steps:  # the last step is a checkpoint too
+    final = run_dir / "checkpoints" / f"checkpoint-{trainer.state.global_step}"
+    if not final.exists():  # the last step is a checkpoint too (transformers may have saved it)
         trainer._save_checkpoint(trainer.model, trial=None)
         callback.on_save(args, trainer.state, trainer.control, model=trainer.model)
     metrics = (
