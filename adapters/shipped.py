@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.registry import Registry
-from adapters.validation import AdapterValidationError, validate_adapter
+from adapters.registry import AdapterVersion, Registry, VersionNotFound
+from adapters.validation import AdapterValidationError, sha256_file, validate_adapter
 from adapters.variants import Catalogue
 
 log = logging.getLogger("tutor.adapters")
@@ -114,7 +116,7 @@ def register_shipped(
 def _is_shipped(registry: Registry, name: str) -> bool:
     try:
         return bool((registry.get(name).source or {}).get("shipped"))
-    except Exception:  # noqa: BLE001 (a dangling alias is not the user's choice either)
+    except VersionNotFound:  # a dangling alias is not the user's choice either
         return True
 
 
@@ -124,6 +126,19 @@ def _parent(registry: Registry, manifest: dict[str, Any]) -> str | None:
     if not sha or not variant:
         return None
     return next((v.name for v in registry.list(variant) if v.sha256 == sha), None)
+
+
+def _write_bf16(src: Path, dest: Path) -> None:
+    """The adapter's weights in bf16, written the same way every time (same bytes, same sha)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(src))
+    save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
+        str(dest),
+        metadata={"format": "pt"},
+    )
 
 
 def ship(
@@ -138,25 +153,12 @@ def ship(
     """Write registered version ``name`` as a shippable folder: bf16 safetensors (half the
     size of the fp32 checkpoint), ``adapter_config.json`` naming the base by its public id
     (portable: no trainer's path), and the manifest. Written beside ``dest`` and renamed in."""
-    import shutil
-    import tempfile
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from adapters.validation import sha256_file
-
     version = registry.get(name)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        tensors = load_file(str(version.path / "adapter_model.safetensors"))
-        save_file(
-            {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
-            str(tmp / "adapter_model.safetensors"),
-            metadata={"format": "pt"},
-        )
+        _write_bf16(version.path / "adapter_model.safetensors", tmp / "adapter_model.safetensors")
         cfg = json.loads((version.path / "adapter_config.json").read_text(encoding="utf-8"))
         cfg["base_model_name_or_path"] = base_id
         (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -191,23 +193,9 @@ def ship(
     return manifest
 
 
-def _shipped_sha(version: Any) -> str:
-    """The sha256 the parent's *shipped* (bf16) weights will have: what a fresh registry sees."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from adapters.validation import sha256_file
-
-    tensors = load_file(str(version.path / "adapter_model.safetensors"))
-    if all(t.dtype == torch.bfloat16 for t in tensors.values()):
-        return version.sha256
-    import tempfile
-
+def _shipped_sha(version: AdapterVersion) -> str:
+    """The sha256 the parent's *shipped* (bf16) weights have: what a fresh registry sees."""
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "adapter_model.safetensors"
-        save_file(
-            {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
-            str(out),
-            metadata={"format": "pt"},
-        )
+        _write_bf16(version.path / "adapter_model.safetensors", out)
         return sha256_file(out)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from train.data import ErrorRecord, atomic_write_text, load_split
 from train.synth import derive
-from train.templates import self_repair, tutor_reply
+from train.templates import self_repair, stable_fraction, tutor_reply
 
 MODES = ("recast", "elicitation", "expansion", "metalinguistic")
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "zh": "Mandarin Chinese"}
@@ -92,10 +92,6 @@ def assign_modes(n: int, scheme: str, seed: int) -> list[str]:
     return out[:n]
 
 
-def _stable_fraction(key: str) -> float:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-
-
 def plan(job: GenJob, records: Sequence[ErrorRecord]) -> list[PlanItem]:
     """Deterministic: the same job and records always give the same items in the same order."""
     controls = job.derive == "controls"
@@ -122,7 +118,7 @@ def plan(job: GenJob, records: Sequence[ErrorRecord]) -> list[PlanItem]:
     modes = ["natural"] * len(pool) if controls else assign_modes(len(pool), job.modes, job.seed)
     items = []
     for i, (rec, mode) in enumerate(zip(pool, modes, strict=True)):
-        multi = not controls and _stable_fraction(f"{job.seed}:multi:{rec.id}") < job.multi_turn
+        multi = not controls and stable_fraction(f"{job.seed}:multi:{rec.id}") < job.multi_turn
         follow = pool[(i + 1) % len(pool)] if multi and mode in ("recast", "expansion") else None
         if follow is rec:
             multi, follow = False, None
@@ -262,10 +258,10 @@ def system_prompt_for(variant_id: str, mode: str, key: str, catalogue: Path | No
     from server.settings import DEFAULT_CATALOGUE
 
     variant = _catalogue(catalogue or DEFAULT_CATALOGUE).variants[variant_id]
-    if mode in ("recast", "natural") and _stable_fraction(f"hint:{key}") < 0.5:
+    if mode in ("recast", "natural") and stable_fraction(f"hint:{key}") < 0.5:
         return variant.system_prompt()
     if mode == "natural":
-        return variant.system_prompt(scaffolding=MODES[int(_stable_fraction(f"m:{key}") * 4)])
+        return variant.system_prompt(scaffolding=MODES[int(stable_fraction(f"m:{key}") * 4)])
     return variant.system_prompt(scaffolding=mode)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,6 @@ def _count(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
 def sentence_shares(rows: list[dict[str, Any]], top: int = 5) -> list[tuple[str, float]]:
     """The sentences that recur most across the assistant replies, with the share of replies
     that contain each: how "template" a set reads."""
-    from collections import Counter
-
     from eval.modes import sentences
 
     counts: Counter[str] = Counter()

@@ -418,7 +418,7 @@ def _reply(
             said += "。"
         return said + sep + question
     if mode == "natural":  # an error-free turn: take up the content, correct nothing
-        if _stable_fraction(f"natural-echo:{key}") < 0.5:
+        if stable_fraction(f"natural-echo:{key}") < 0.5:
             said = pick(NATURAL_ECHO[language], key, "n").format(
                 echo=echo(utterance, utterance, language)
             )
@@ -430,7 +430,8 @@ def _reply(
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def _stable_fraction(key: str) -> float:
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by ``key``: seeded choices that survive a resume."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
