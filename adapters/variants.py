@@ -11,6 +11,7 @@ import yaml
 
 SCAFFOLDING = ("recast", "elicitation", "expansion", "metalinguistic")
 LEVELS = ("beginner", "intermediate", "advanced")
+GROUNDING_KEYS = ("corrector", "meant", "correct")
 
 
 class CatalogueError(ValueError):
@@ -29,6 +30,23 @@ class Variant:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     scaffolding_hints: Mapping[str, str] = field(default_factory=dict)
     level_hints: Mapping[str, str] = field(default_factory=dict)
+    grounding: Mapping[str, str] = field(default_factory=dict)  # corrector / meant / correct
+    grounded: bool = False  # serve with a grounded recast by default (a request may override)
+
+    def corrector_messages(self, utterance: str) -> list[dict[str, str]]:
+        """The corrector's turn: the variant's own adapter, asked for the corrected sentence.
+        train/ renders the same messages, so the adapter learns both roles."""
+        return [
+            {"role": "system", "content": self.grounding["corrector"]},
+            {"role": "user", "content": utterance},
+        ]
+
+    def grounding_note(self, utterance: str, correction: str) -> str:
+        """The hidden system note that follows the learner's turn: what the learner meant, or
+        that the sentence is already right (which is what keeps error-free turns uncorrected)."""
+        if correction.strip() == utterance.strip():
+            return self.grounding["correct"]
+        return self.grounding["meant"].format(correction=correction.strip())
 
     def system_prompt(
         self, scaffolding: str | None = None, level: str | None = None, client: str = ""
@@ -74,6 +92,10 @@ class Catalogue:
             missing += [lv for lv in LEVELS if lv not in levels]
             if missing:
                 raise CatalogueError(f"language {lang!r} of {vid} lacks hints for {missing}")
+            grounding = hints.get("grounding") or {}
+            lacking = [k for k in GROUNDING_KEYS if k not in grounding]
+            if lacking:
+                raise CatalogueError(f"language {lang!r} of {vid} lacks grounding {lacking}")
             if not spec.get("persona"):
                 raise CatalogueError(f"variant {vid} has no persona")
             adapter = overrides.get(vid)
@@ -89,5 +111,7 @@ class Catalogue:
                 defaults=dict(spec.get("defaults") or {}),
                 scaffolding_hints=scaffolding,
                 level_hints=levels,
+                grounding=grounding,
+                grounded=bool(spec.get("grounded", False)),
             )
         return cls(variants)

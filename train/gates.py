@@ -35,6 +35,7 @@ REASONS = (
     "no_question",
     "length",
     "wrong_language",
+    "not_the_correction",
 )
 
 
@@ -91,6 +92,10 @@ def row_failures(row: dict[str, Any], language: str | None = None) -> list[str]:
     assistants = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
     for reply, turn in zip(assistants, row["turns"], strict=True):
         mode, utt, corr = turn["mode"], turn["utterance"], turn["correction"]
+        if mode == "correct":  # the corrector turn: the gold correction, nothing else
+            if reply.strip() != corr.strip():
+                fails.append("not_the_correction")
+            continue
         if utt != corr:
             if mode in GIVES_FORM and not contains_correction(reply, utt, corr):
                 fails.append("missing_corrected_form")

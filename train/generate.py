@@ -28,6 +28,7 @@ from train.synth import derive
 from train.templates import self_repair, stable_fraction, tutor_reply
 
 MODES = ("recast", "elicitation", "expansion", "metalinguistic")
+TASKS = ("tutor", "correct")
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "zh": "Mandarin Chinese"}
 
 
@@ -49,6 +50,8 @@ class GenJob:
     #                            | controls (train/synth.py)
     per_category: int | None = None  # at most this many records of one error category
     as_learner: str | None = None  # relabel the records' learner type (MuCGEC for heritage)
+    task: str = "tutor"  # tutor: a dialogue | correct: the corrector turn (sentence -> corrected)
+    grounded: float = 0.0  # share of tutor dialogues whose last learner turn has the hidden note
     seed: int = 0
 
     def plan_hash(self) -> str:
@@ -115,10 +118,21 @@ def plan(job: GenJob, records: Sequence[ErrorRecord]) -> list[PlanItem]:
         pool = kept
     if job.limit is not None:
         pool = pool[: job.limit]
-    modes = ["natural"] * len(pool) if controls else assign_modes(len(pool), job.modes, job.seed)
+    if job.task not in TASKS:
+        raise ValueError(f"job {job.name}: unknown task {job.task!r}: one of {TASKS}")
+    if job.task == "correct":
+        modes = ["correct"] * len(pool)
+    elif controls:
+        modes = ["natural"] * len(pool)
+    else:
+        modes = assign_modes(len(pool), job.modes, job.seed)
     items = []
     for i, (rec, mode) in enumerate(zip(pool, modes, strict=True)):
-        multi = not controls and stable_fraction(f"{job.seed}:multi:{rec.id}") < job.multi_turn
+        multi = (
+            mode != "correct"
+            and not controls
+            and stable_fraction(f"{job.seed}:multi:{rec.id}") < job.multi_turn
+        )
         follow = pool[(i + 1) % len(pool)] if multi and mode in ("recast", "expansion") else None
         if follow is rec:
             multi, follow = False, None
@@ -290,18 +304,40 @@ def origin(rec: ErrorRecord) -> str:
     return "synthetic" if rec.meta.get("synthetic") else "real"
 
 
+def _variant(variant_id: str) -> Any:
+    from server.settings import DEFAULT_CATALOGUE
+
+    return _catalogue(DEFAULT_CATALOGUE).variants[variant_id]
+
+
+def _ground(job: GenJob, key: str, messages: list[dict[str, str]], turn: Turn) -> bool:
+    """For a `grounded` share of the dialogues, put the gateway's hidden note (what the learner
+    meant, or that the sentence is right) after the last learner turn, as serving does."""
+    if job.grounded <= 0 or stable_fraction(f"grounded:{key}") >= job.grounded:
+        return False
+    note = _variant(job.variant).grounding_note(turn.utterance, turn.correction)
+    messages.append({"role": "system", "content": note})
+    return True
+
+
 async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str, Any]:
     rec = item.record
     key = f"{job.name}:{item.idx}:{rec.id}"
     language = variant_language(job.variant)
+    if item.mode == "correct":
+        row = _row(job, item, language, correction_messages(job.variant, rec), grounded=False)
+        return {**row, "generator": "reference"}  # the gold correction is the answer
     system = system_prompt_for(job.variant, item.mode, key)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": rec.utterance}]
     turns = [Turn(item.mode, rec.utterance, rec.correction, rec.category)]
+    grounded = False
+    if not item.multi:
+        grounded = _ground(job, key, messages, turns[0])
     messages.append(
         {
             "role": "assistant",
             "content": await generator.reply(
-                DialogueContext(key, language, system, messages[1:], turns[0])
+                DialogueContext(key, language, system, _history(messages), turns[0])
             ),
         }
     )
@@ -312,11 +348,45 @@ async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str
             turn = Turn(item.mode, nxt.utterance, nxt.correction, nxt.category)
         else:  # after an elicitation or a hint the learner repairs: the tutor confirms
             learner = self_repair(rec.correction, language, key)
+            # the repaired sentence is what the corrector sees: it is right as it stands
             turn = Turn("confirm", rec.utterance, rec.correction, rec.category)
         messages.append({"role": "user", "content": learner})
         turns.append(turn)
-        ctx = DialogueContext(key + ":2", language, system, messages[1:], turn)
+        # the note is hidden: the client never sends an earlier one back, so only the last turn
+        note_turn = Turn(turn.mode, learner, learner) if item.follow is None else turn
+        grounded = _ground(job, key, messages, note_turn)
+        ctx = DialogueContext(key + ":2", language, system, _history(messages), turn)
         messages.append({"role": "assistant", "content": await generator.reply(ctx)})
+    row = _row(job, item, language, messages, grounded=grounded, turns=turns)
+    return {**row, "generator": generator.name}
+
+
+def _history(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """What the learner and tutor said: no system messages (persona, hidden notes)."""
+    return [m for m in messages if m["role"] != "system"]
+
+
+def correction_messages(variant_id: str, rec: ErrorRecord) -> list[dict[str, str]]:
+    """The corrector turn, as the gateway asks it: the corrected sentence, or the sentence as it
+    stands when nothing is wrong (controls teach the corrector to leave right sentences alone)."""
+    return [
+        *_variant(variant_id).corrector_messages(rec.utterance),
+        {"role": "assistant", "content": rec.correction},
+    ]
+
+
+def _row(
+    job: GenJob,
+    item: PlanItem,
+    language: str,
+    messages: list[dict[str, str]],
+    *,
+    grounded: bool,
+    turns: list[Turn] | None = None,
+) -> dict[str, Any]:
+    rec = item.record
+    if turns is None:
+        turns = [Turn(item.mode, rec.utterance, rec.correction, rec.category)]
     return {
         "id": f"{job.name}-{item.idx:06d}",
         "idx": item.idx,
@@ -330,10 +400,11 @@ async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str
         "category": rec.category,
         "variant": job.variant,
         "mode": item.mode,
+        "task": job.task,
+        "grounded": grounded,
         "multi_turn": item.multi,
         "turns": [asdict(t) for t in turns],
         "messages": messages,
-        "generator": generator.name,
     }
 
 

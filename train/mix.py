@@ -162,6 +162,8 @@ def _training_row(row: dict[str, Any]) -> dict[str, Any]:
         "variant",
         "mode",
         "category",
+        "task",
+        "grounded",
     )
     return {**{k: row.get(k) for k in keep}, "messages": row["messages"]}
 
@@ -217,7 +219,8 @@ def build_set(recipe: Recipe, name: str, *, home: Path | None = None) -> dict[st
     if split_manifest.exists():
         inputs["splits/manifest.json"] = sha256_file(split_manifest)
     sources = sorted({r["source"].removeprefix("synth-") for r in train_rows + eval_rows})
-    shares = sentence_shares(train_rows)
+    dialogues = [r for r in train_rows if r.get("task", "tutor") == "tutor"]
+    shares = sentence_shares(dialogues)
     if shares and shares[0][1] > recipe.max_sentence_share:
         raise ValueError(
             f"set {name}: the sentence {shares[0][0]!r} is in {shares[0][1]:.1%} of the replies, "
@@ -234,11 +237,14 @@ def build_set(recipe: Recipe, name: str, *, home: Path | None = None) -> dict[st
             "rows": len(train_rows),
             "by_source": _count(train_rows, "source"),
             "by_mode": _count(train_rows, "mode"),
+            "by_task": _count(train_rows, "task"),
+            "grounded": sum(1 for r in train_rows if r.get("grounded")),
             "by_learner": _count(train_rows, "learner"),
             "by_origin": _count(train_rows, "origin"),
             "by_category": _count(train_rows, "category"),
+            # over the tutor dialogues: corrector turns are not conversation
             "controls_share": round(
-                sum(r.get("origin") == "control" for r in train_rows) / max(1, len(train_rows)), 4
+                sum(r.get("origin") == "control" for r in dialogues) / max(1, len(dialogues)), 4
             ),
             "top_sentences": [{"sentence": s, "share": v} for s, v in shares],
             "multi_turn": sum(1 for r in train_rows if r.get("multi_turn")),

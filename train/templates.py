@@ -418,7 +418,8 @@ def _reply(
             said += "。"
         return said + sep + question
     if mode == "natural":  # an error-free turn: take up the content, correct nothing
-        if stable_fraction(f"natural-echo:{key}") < 0.5:
+        # mostly a reaction: an echo of a right sentence is where a small model learns to edit
+        if stable_fraction(f"natural-echo:{key}") < 0.3:
             said = pick(NATURAL_ECHO[language], key, "n").format(
                 echo=echo(utterance, utterance, language)
             )
