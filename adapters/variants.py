@@ -32,6 +32,7 @@ class Variant:
     level_hints: Mapping[str, str] = field(default_factory=dict)
     grounding: Mapping[str, str] = field(default_factory=dict)  # corrector / meant / correct
     grounded: bool = False  # serve with a grounded recast by default (a request may override)
+    corrector: str | None = None  # who writes the correction: a model id; None: this variant
 
     def corrector_messages(self, utterance: str) -> list[dict[str, str]]:
         """The corrector's turn: the variant's own adapter, asked for the corrected sentence.
@@ -113,5 +114,6 @@ class Catalogue:
                 level_hints=levels,
                 grounding=grounding,
                 grounded=bool(spec.get("grounded", False)),
+                corrector=spec.get("corrector"),
             )
         return cls(variants)

@@ -138,7 +138,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["authorization", "content-type"],
-            expose_headers=["x-tutor-variant", "x-tutor-adapter", "retry-after"],
+            expose_headers=[
+                "x-tutor-variant",
+                "x-tutor-adapter",
+                "x-tutor-grounding",
+                "retry-after",
+            ],
         )
     app.add_middleware(CollapseSlashes)
     for router in (chat.router, models.router, health.router):

@@ -88,5 +88,13 @@ class Metrics:
             registry=r,
         )
 
+        self.grounding = Histogram(
+            "tutor_grounding_seconds",
+            "The corrector turn of a grounded recast, by outcome (changed/unchanged/rejected)",
+            ["variant", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

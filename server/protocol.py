@@ -57,6 +57,11 @@ class ChatCompletionRequest(_Open):
     n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
     scaffolding: Scaffolding | None = None
     level: Level | None = None
+    grounded: bool | None = Field(
+        default=None,
+        description="Grounded recast (server/grounding.py): correct first, then tutor with the "
+        "correction as a hidden note. Default: the variant's catalogue setting.",
+    )
 
     @field_validator("n", mode="before")
     @classmethod

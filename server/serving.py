@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adapters.registry import Registry
 from adapters.shipped import register_shipped
@@ -21,6 +21,7 @@ from adapters.variants import Catalogue, Variant
 from server.adapter_manager import AdapterManager
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import InvalidAdapter, InvalidRequest, ModelNotFound
+from server.grounding import Corrector, Grounding, ground
 from server.limits import VariantGate
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
@@ -40,6 +41,7 @@ class Target:
     variant: Variant | None  # None: the bare base model, no persona
     adapter: AdapterRef | None
     upstream_model: str | None
+    grounded: bool = False  # correct first, then tutor with the hidden note (server/grounding.py)
 
     @property
     def adapter_label(self) -> str:
@@ -100,6 +102,7 @@ class ChatService:
             self.engine,
             self.registry,
             base_model=self.base_source,
+            base_aliases=(self.base_id, self.settings.model),
             max_resident=self.settings.max_resident_adapters,
             metrics=self.metrics,
             pinned=pinned,
@@ -132,6 +135,7 @@ class ChatService:
         # Open WebUI's title/tags/follow-up requests go to a cheap model (server/tasks.py).
         self._check_size(req)
         target = await self.resolve(task_model(req, self.settings, self.base_id) or req.model)
+        target = replace(target, grounded=self._grounded(target, req))
         messages = self._messages(target.variant, req)
         defaults = {**BASE_DEFAULTS, **(target.variant.defaults if target.variant else {})}
         max_tokens = req.max_completion_tokens or req.max_tokens or int(defaults["max_tokens"])
@@ -154,6 +158,19 @@ class ChatService:
             adapter=target.adapter,
             upstream_model=target.upstream_model,
         )
+
+    @staticmethod
+    def _grounded(target: Target, req: ChatCompletionRequest) -> bool:
+        """The request's choice, else the catalogue's; never for the bare base model, whose
+        untrained corrector would only invent notes."""
+        if target.variant is None or (target.adapter is None and target.upstream_model is None):
+            if req.grounded:
+                raise InvalidRequest(
+                    f"{target.model_id} has no trained adapter to correct with: grounded needs one",
+                    param="grounded",
+                )
+            return False
+        return target.variant.grounded if req.grounded is None else req.grounded
 
     def _check_size(self, req: ChatCompletionRequest) -> None:
         """Limits that keep one request from costing the service too much, each named."""
@@ -208,12 +225,19 @@ class ChatService:
         m.in_flight.labels(label).inc()
         try:
             async with self.gate.slot(label), self._holding(request.adapter) as load_s:
+                grounding = None
+                if target.grounded and target.variant is not None:
+                    t0 = time.perf_counter()
+                    request, grounding = await self._ground(target.variant, request)
+                    m.grounding.labels(label, grounding.outcome).observe(time.perf_counter() - t0)
                 async for delta in self.engine.generate(request):
                     if first:
                         m.ttft.labels(label).observe(time.perf_counter() - start)
                         first = False
                         if load_s is not None:
                             delta.extra["adapter_load_s"] = load_s
+                        if grounding is not None:
+                            delta.extra["grounding"] = grounding.outcome
                     if delta.finish_reason is not None:
                         m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)
                         m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
@@ -227,6 +251,19 @@ class ChatService:
             m.in_flight.labels(label).dec()
             m.requests.labels(label, status).inc()
             m.latency.labels(label).observe(time.perf_counter() - start)
+
+    async def _ground(
+        self, variant: Variant, request: GenerationRequest
+    ) -> tuple[GenerationRequest, Grounding]:
+        """The corrector turn, then the tutor request with its hidden note. A catalogue-named
+        corrector is resolved now (it follows its own alias) and held loaded while it runs."""
+        if variant.corrector is None:
+            return await ground(self.engine, request, variant)
+        who = await self.resolve(variant.corrector)
+        async with self._holding(who.adapter):
+            return await ground(
+                self.engine, request, variant, Corrector(who.adapter, who.upstream_model)
+            )
 
     def _holding(self, adapter: AdapterRef | None) -> AbstractAsyncContextManager[float | None]:
         """Keep the request's adapter version loaded until its last token."""

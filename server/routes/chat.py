@@ -51,6 +51,8 @@ async def create_chat_completion(
     headers = {"x-tutor-variant": target.model_id, "x-tutor-adapter": target.adapter_label}
     if "adapter_load_s" in first.extra:  # this request paid for a cold adapter load
         headers["x-tutor-adapter-load-ms"] = f"{first.extra['adapter_load_s'] * 1000:.1f}"
+    if "grounding" in first.extra:  # changed | unchanged | rejected: what the corrector did
+        headers["x-tutor-grounding"] = first.extra["grounding"]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(

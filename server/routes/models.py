@@ -25,6 +25,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
             "learner": v.learner,
             "description": v.description,
             "adapter": target.adapter_label,
+            "grounded": v.grounded,  # the default; a request's `grounded` overrides it
         }
         cards.append(
             ModelCard(id=v.id, created=service.created, parent=base, root=base, metadata=meta)

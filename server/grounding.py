@@ -1,0 +1,106 @@
+"""Grounded recast: correct first, then tutor with the correction in view.
+
+A 135M tutor that must find the learner's error and talk about it in the same breath mostly
+echoes the error back (docs/TRAINING.md: uptake 0.33 with one adapter doing both). Split the
+work: the variant's adapter is first asked, as a corrector, for the corrected sentence (greedy,
+one line), and the tutor turn then gets a hidden system note right after the learner's message:
+"The learner meant: ..." or "The learner's sentence is correct." Both roles are trained into the
+same adapter (train/ renders these same messages), so by default one LoRA slot serves both and a
+promotion swaps both at once; a variant's `corrector:` in the catalogue names another model (an
+alias or a version) to correct with instead, held loaded for the corrector turn. The note is
+never shown to the learner and never comes back in the history.
+
+A correction that rewrites too much of the sentence is not trusted: the tutor then answers
+without a note, as the ungrounded variant would.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from difflib import SequenceMatcher
+
+from adapters.variants import Variant
+from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams
+
+MIN_SIMILARITY = 0.6  # token overlap below this: the "correction" is another sentence
+_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What the corrector said and what the tutor was told."""
+
+    correction: str | None  # None: nothing usable came back
+    outcome: str  # changed | unchanged | rejected | no_user_turn
+    note: str | None
+
+
+def _tokens(text: str) -> list[str]:
+    return [t.casefold() for t in _TOKEN.findall(text)]
+
+
+def plausible(utterance: str, correction: str) -> bool:
+    """A correction edits the learner's sentence; it does not replace it."""
+    if not correction.strip():
+        return False
+    a, b = _tokens(utterance), _tokens(correction)
+    return SequenceMatcher(None, a, b, autojunk=False).ratio() >= MIN_SIMILARITY
+
+
+def corrector_max_tokens(utterance: str) -> int:
+    """Room for the sentence plus a few inserted words (CJK takes ~3 tokens a character)."""
+    return min(256, 16 + 3 * len(utterance))
+
+
+def last_user_turn(messages: list[dict[str, str]]) -> str | None:
+    if messages and messages[-1]["role"] == "user":
+        return messages[-1]["content"]
+    return None
+
+
+@dataclass(frozen=True)
+class Corrector:
+    """Where the corrector turn runs: an adapter version (or an upstream model) of its own."""
+
+    adapter: AdapterRef | None
+    upstream_model: str | None = None
+
+
+async def correct(
+    engine: Engine,
+    request: GenerationRequest,
+    variant: Variant,
+    text: str,
+    corrector: Corrector | None = None,
+) -> str:
+    """The corrector's one line: through the tutor turn's own adapter version unless the
+    catalogue names another model as the variant's corrector."""
+    where = corrector or Corrector(request.adapter, request.upstream_model)
+    ask = GenerationRequest(
+        messages=variant.corrector_messages(text),
+        params=SamplingParams(max_tokens=corrector_max_tokens(text), temperature=0.0, stop=("\n",)),
+        adapter=where.adapter,
+        upstream_model=where.upstream_model,
+    )
+    parts = [delta.text async for delta in engine.generate(ask)]
+    return "".join(parts).strip()
+
+
+async def ground(
+    engine: Engine,
+    request: GenerationRequest,
+    variant: Variant,
+    corrector: Corrector | None = None,
+) -> tuple[GenerationRequest, Grounding]:
+    """The tutor request with the hidden note after the learner's last turn, and what happened."""
+    text = last_user_turn(request.messages)
+    if text is None:
+        return request, Grounding(None, "no_user_turn", None)
+    correction = await correct(engine, request, variant, text, corrector)
+    if not plausible(text, correction):
+        return request, Grounding(correction, "rejected", None)
+    note = variant.grounding_note(text, correction)
+    outcome = "unchanged" if correction == text.strip() else "changed"
+    messages = [*request.messages, {"role": "system", "content": note}]
+    return replace(request, messages=messages), Grounding(correction, outcome, note)

@@ -1,0 +1,217 @@
+"""Grounded recast: the corrector turn, the hidden note, and the gateway path over real PEFT."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from adapters.variants import Catalogue
+from server.app import create_app
+from server.engines.base import AdapterRef, Engine, GenerationRequest, TextDelta
+from server.grounding import corrector_max_tokens, ground, plausible
+from server.settings import DEFAULT_CATALOGUE, Settings
+from tests.support import peft_reference, running_server
+
+CATALOGUE = Catalogue.load(DEFAULT_CATALOGUE)
+LEARNER = "Yesterday I go to the store."
+
+
+def test_every_language_has_the_grounding_strings() -> None:
+    for variant in CATALOGUE.variants.values():
+        assert variant.grounding_note("a b", "a b") == variant.grounding["correct"]
+        note = variant.grounding_note("Ayer yo va.", "Ayer yo fui.")
+        assert "Ayer yo fui." in note and note != variant.grounding["correct"]
+        sys_msg, user = variant.corrector_messages("Ayer yo va.")
+        assert sys_msg == {"role": "system", "content": variant.grounding["corrector"]}
+        assert user == {"role": "user", "content": "Ayer yo va."}
+    tutor = CATALOGUE.variants["tutor"]
+    assert tutor.grounding_note(LEARNER, "Yesterday I went to the store.") == (
+        'The learner meant: "Yesterday I went to the store."'
+    )
+
+
+def test_plausible_corrections_edit_rather_than_replace() -> None:
+    assert plausible(LEARNER, "Yesterday I went to the store.")
+    assert plausible("我昨天去商店买了三个苹果", "我昨天去商店买了三个苹果。")
+    assert not plausible(LEARNER, "")
+    assert not plausible(LEARNER, "What a lovely day it is, isn't it?")
+    assert corrector_max_tokens("x" * 500) == 256 > corrector_max_tokens(LEARNER)
+
+
+class ScriptedCorrectorEngine(Engine):
+    """Fake: answers the corrector turn with a set line (a trained corrector cannot be assumed in
+    a unit test); the real path is `test_grounded_request_through_the_gateway_equals_peft`."""
+
+    name = "scripted"
+
+    def __init__(self, correction: str) -> None:
+        self.correction = correction
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
+        self.requests.append(request)
+        yield TextDelta(self.correction[:5])
+        yield TextDelta(self.correction[5:] + "\n", finish_reason="stop")
+
+    async def health(self) -> dict:
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("correction", "outcome", "note"),
+    [
+        ("Yesterday I went to the store.", "changed", 'meant: "Yesterday I went to the store."'),
+        (LEARNER, "unchanged", "The learner's sentence is correct."),
+        ("Tell me about your favourite film.", "rejected", None),
+    ],
+)
+def test_ground_puts_the_note_after_the_last_learner_turn(correction, outcome, note) -> None:
+    tutor = CATALOGUE.variants["tutor"]
+    adapter = AdapterRef("tutor@7", DEFAULT_CATALOGUE.parent)
+    messages = [
+        {"role": "system", "content": tutor.system_prompt()},
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": "Hi! What did you do yesterday?"},
+        {"role": "user", "content": LEARNER},
+    ]
+    from server.engines.base import SamplingParams
+
+    request = GenerationRequest(messages, SamplingParams(max_tokens=50), adapter=adapter)
+    engine = ScriptedCorrectorEngine(correction)
+    grounded, what = asyncio.run(ground(engine, request, tutor))
+    (asked,) = engine.requests
+    assert asked.messages == tutor.corrector_messages(LEARNER)  # only the last learner turn
+    assert asked.adapter == adapter and asked.params.temperature == 0.0
+    assert asked.params.stop == ("\n",)
+    assert what.outcome == outcome and what.correction == correction
+    if note is None:
+        assert grounded is request and what.note is None
+    else:
+        assert grounded.messages[:-1] == messages
+        assert (
+            grounded.messages[-1]["role"] == "system" and note in grounded.messages[-1]["content"]
+        )
+        assert grounded.params == request.params and grounded.adapter == adapter
+
+
+@pytest.fixture(scope="module")
+def grounded_server(tutor_home, tiny_path, tiny_adapters, tmp_path_factory):
+    """`tutor` (es adapter) grounded on request only, correcting itself; a catalogue copy where
+    `tutor-es-heritage` is grounded by default with `tutor-zh-l2`'s adapter as its corrector."""
+    raw = yaml.safe_load(DEFAULT_CATALOGUE.read_text(encoding="utf-8"))
+    raw["variants"]["tutor"]["grounded"] = False  # whatever the shipped default is
+    raw["variants"]["tutor-es-heritage"].update(grounded=True, corrector="tutor-zh-l2")
+    folder = tmp_path_factory.mktemp("catalogue")
+    (folder / "catalogue.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
+    settings = Settings(
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="transformers",
+        catalogue=folder / "catalogue.yaml",
+        adapters={
+            "tutor": str(tiny_adapters["es"]),
+            "tutor-es-heritage": str(tiny_adapters["es"]),
+            "tutor-zh-l2": str(tiny_adapters["zh"]),
+        },
+    )
+    with running_server(create_app(settings)) as url:
+        yield url
+
+
+def peft_grounded(tiny_path, variant_id: str, tutor_adapter, corrector_adapter, learner: str):
+    """PEFT's own corrector line and tutor reply for the same messages the gateway builds."""
+    variant = CATALOGUE.variants[variant_id]
+    line = peft_reference(
+        tiny_path,
+        corrector_adapter,
+        variant.corrector_messages(learner),
+        corrector_max_tokens(learner),
+    )
+    correction = line.split("\n", 1)[0].strip()
+    messages = [
+        {"role": "system", "content": variant.system_prompt()},
+        {"role": "user", "content": learner},
+    ]
+    if plausible(learner, correction):
+        outcome = "unchanged" if correction == learner else "changed"
+        messages.append({"role": "system", "content": variant.grounding_note(learner, correction)})
+    else:
+        outcome = "rejected"
+    return peft_reference(tiny_path, tutor_adapter, messages, 12), outcome
+
+
+def test_grounded_request_through_the_gateway_equals_peft(
+    grounded_server, tiny_path, tiny_adapters
+) -> None:
+    """The gateway's corrector turn and tutor turn are exactly what PEFT generates for the same
+    messages: the note (or its absence, for a rejected correction) is where serving says, and the
+    corrector runs on the adapter the catalogue names."""
+    es, zh = tiny_adapters["es"], tiny_adapters["zh"]
+    client = openai.OpenAI(base_url=f"{grounded_server}/v1", api_key="x", max_retries=0)
+    cases = [
+        ("tutor", LEARNER, {"grounded": True}, es, es),  # its own adapter corrects
+        ("tutor-es-heritage", "Ayer yo va a la playa.", {}, es, zh),  # the catalogue's corrector
+    ]
+    outcomes = {}
+    for model, learner, extra, tutor_adapter, corrector_adapter in cases:
+        expected, outcome = peft_grounded(
+            tiny_path, model, tutor_adapter, corrector_adapter, learner
+        )
+        raw = client.chat.completions.with_raw_response.create(
+            model=model,
+            messages=[{"role": "user", "content": learner}],
+            max_tokens=12,
+            temperature=0,
+            extra_body=extra,
+        )
+        assert raw.headers["x-tutor-grounding"] == outcome
+        assert raw.parse().choices[0].message.content == expected
+        outcomes[model] = outcome
+    # `tutor`'s catalogue default is off: no corrector turn, no header; a request can turn a
+    # grounded-by-default variant off
+    for model, extra in (("tutor", {}), ("tutor-es-heritage", {"grounded": False})):
+        plain = client.chat.completions.with_raw_response.create(
+            model=model,
+            messages=[{"role": "user", "content": LEARNER}],
+            max_tokens=12,
+            temperature=0,
+            extra_body=extra,
+        )
+        assert "x-tutor-grounding" not in plain.headers
+    cards = {c.id: c.model_dump() for c in client.models.list().data}
+    assert cards["tutor"]["metadata"]["grounded"] is False
+    assert cards["tutor-es-heritage"]["metadata"]["grounded"] is True
+    metrics = httpx.get(f"{grounded_server}/metrics").text
+    for model, outcome in outcomes.items():
+        line = f'tutor_grounding_seconds_count{{outcome="{outcome}",variant="{model}"}} 1.0'
+        assert line in metrics
+
+
+def test_grounded_needs_a_trained_adapter(grounded_server) -> None:
+    """The base model has no corrector: asking for grounding there is the caller's error."""
+    client = openai.OpenAI(base_url=f"{grounded_server}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="tutor-es-l2",
+            messages=[{"role": "user", "content": "Ayer yo va a la playa."}],
+            max_tokens=4,
+            extra_body={"grounded": True},
+        )
+    assert err.value.body["param"] == "grounded"
+    # a stream asks the same way and gets the same grounding
+    with openai.OpenAI(base_url=f"{grounded_server}/v1", api_key="x") as c:
+        stream = c.chat.completions.with_raw_response.create(
+            model="tutor",
+            messages=[{"role": "user", "content": LEARNER}],
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            extra_body={"grounded": True},
+        )
+        assert stream.headers["x-tutor-grounding"] in ("changed", "unchanged", "rejected")
+        assert "".join(ch.choices[0].delta.content or "" for ch in stream.parse() if ch.choices)
