@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -133,6 +133,24 @@ def score_run(
             )
         out[model] = rows
     return out
+
+
+def timing(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Time to the first streamed token (the corrector turn of a grounded recast included) and
+    what the corrector did, over the replies that recorded them (cached ones keep theirs)."""
+    recs = list(records)
+    ttfts = sorted(r["ttft_s"] for r in recs if r.get("ttft_s") is not None)
+    outcomes = Counter(r["grounding"] for r in recs if r.get("grounding"))
+
+    def q(p: float) -> float | None:
+        return round(ttfts[min(len(ttfts) - 1, int(p * len(ttfts)))], 3) if ttfts else None
+
+    return {
+        "n": len(ttfts),
+        "ttft_p50_s": q(0.5),
+        "ttft_p90_s": q(0.9),
+        "grounding": dict(outcomes),
+    }
 
 
 def _values(rows: Sequence[dict[str, Any]], metric: str) -> list[float]:
@@ -371,6 +389,7 @@ def compare_run(
             for m, rows in scored.items()
         },
         "confusion": {m: confusion(rows) for m, rows in scored.items()},
+        "timing": {m: timing(run.replies.get(m, {}).values()) for m in run.models},
         "pairs": pairwise(scored),
         "breakdown": breakdown(scored),
         "examples": {m: examples(rows) for m, rows in scored.items()},

@@ -168,6 +168,21 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         cells = [_ci(result["metrics"][m].get(name)) for m in models]
         n = next(result["metrics"][m][name]["n"] for m in models if name in result["metrics"][m])
         lines.append(f"| {name}{arrow} (n={n}) | " + " | ".join(cells) + " |")
+    if any(t.get("n") for t in result.get("timing", {}).values()):
+        lines += [
+            "",
+            "## Time to first token (streamed; a grounded reply includes its corrector turn)",
+            "",
+            "| model | n | p50 s | p90 s | corrector outcomes |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for m in models:
+            t = result["timing"].get(m) or {}
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t.get("grounding", {}).items()))
+            lines.append(
+                f"| `{m}` | {t.get('n', 0)} | {_fmt(t.get('ttft_p50_s'), 2)} | "
+                f"{_fmt(t.get('ttft_p90_s'), 2)} | {outcomes or '-'} |"
+            )
     if "metrics" in plots:
         lines += ["", f"![metrics]({plots['metrics']})"]
     lines += ["", "## Paired comparisons", ""]

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,14 @@ class ModelInfo:
     persona: str | None  # the variant whose persona the gateway adds (None: the bare base)
     root: str  # the base model
     parent: str | None = None
+    grounded: bool | None = None  # ~grounded / ~plain: the request's `grounded`, else unset
 
     @property
     def key(self) -> str:
-        """What the cache is keyed by: the same weights under the same persona."""
-        return f"{self.persona or '-'}|{self.adapter}|{self.root}"
+        """What the cache is keyed by: the same weights under the same persona (and the same
+        grounding, when the run asks for one)."""
+        way = {None: "", True: "|grounded", False: "|plain"}[self.grounded]
+        return f"{self.persona or '-'}|{self.adapter}|{self.root}{way}"
 
     @property
     def version(self) -> str | None:
@@ -59,6 +62,8 @@ class ReplyRecord:
     latency_s: float | None
     seed: int
     cached: bool
+    ttft_s: float | None = None  # time to the first streamed token, corrector turn included
+    grounding: str | None = None  # the gateway's x-tutor-grounding: changed/unchanged/rejected
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,11 +96,25 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
     return ModelInfo(requested, requested, None, root)  # e.g. a LoRA on a plain vLLM
 
 
+GROUNDING_SUFFIXES = {"~grounded": True, "~plain": False}
+
+
+def split_spec(spec: str) -> tuple[str, bool | None]:
+    """``tutor@3~grounded`` -> (``tutor@3``, True): the same model asked with and without the
+    grounded recast, side by side in one run. ``~`` because model ids may hold ``:`` (Ollama)."""
+    for suffix, grounded in GROUNDING_SUFFIXES.items():
+        if spec.endswith(suffix):
+            return spec.removesuffix(suffix), grounded
+    return spec, None
+
+
 async def resolve_models(client: Any, models: Sequence[str]) -> dict[str, ModelInfo]:
     out = {}
     for m in models:
-        card = await client.models.retrieve(m)
-        out[m] = resolve_model(card.model_dump(), m)
+        model_id, grounded = split_spec(m)
+        card = await client.models.retrieve(model_id)
+        info = resolve_model(card.model_dump(), model_id)
+        out[m] = replace(info, requested=m, grounded=grounded)
     return out
 
 
@@ -116,25 +135,50 @@ def request_params(suite: Suite, item: SuiteItem) -> dict[str, Any]:
 async def _ask(
     client: Any, model: str, item: SuiteItem, params: dict[str, Any]
 ) -> tuple[str, str | None, str | None, float, dict[str, Any] | None]:
-    extra = {"scaffolding": params["scaffolding"]}
+    """One streamed reply: its text, finish reason, serving adapter, total seconds, and usage
+    with the time to the first token and the grounding outcome beside the token counts."""
+    model_id, grounded = split_spec(model)
+    extra: dict[str, Any] = {"scaffolding": params["scaffolding"]}
     if "level" in params:
         extra["level"] = params["level"]
+    if grounded is not None:
+        extra["grounded"] = grounded
     t0 = time.perf_counter()
     raw = await client.chat.completions.with_raw_response.create(
-        model=model,
+        model=model_id,
         messages=item.messages(),
         temperature=params["temperature"],
         top_p=params["top_p"],
         max_tokens=params["max_tokens"],
         seed=params["seed"],
+        stream=True,
+        stream_options={"include_usage": True},
         extra_body=extra,
     )
+    parts: list[str] = []
+    finish: str | None = None
+    ttft: float | None = None
+    usage: dict[str, Any] = {}
+    async for chunk in raw.parse():
+        if chunk.usage is not None:
+            usage.update(chunk.usage.model_dump())
+        for choice in chunk.choices:
+            if choice.delta.content:
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                parts.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
     elapsed = time.perf_counter() - t0
-    completion = raw.parse()
-    choice = completion.choices[0]
-    usage = completion.usage.model_dump() if completion.usage else None
+    usage["ttft_s"] = ttft
+    usage["grounding"] = raw.headers.get("x-tutor-grounding")
     adapter = raw.headers.get("x-tutor-adapter")
-    return choice.message.content or "", choice.finish_reason, adapter, elapsed, usage
+    return "".join(parts), finish, adapter, elapsed, usage
+
+
+def _timing(usage: dict[str, Any] | None) -> tuple[float | None, str | None]:
+    usage = usage or {}
+    return usage.get("ttft_s"), usage.get("grounding")
 
 
 async def run_suite(
@@ -177,10 +221,11 @@ async def run_suite(
                 hit["latency_s"],
                 params["seed"],
                 True,
+                *_timing(hit["usage"]),
             )
         async with sem:
             reply, finish, adapter, elapsed, usage = await _ask(client, model, item, params)
-        served = ModelInfo(model, adapter or info.adapter, info.persona, info.root, info.parent)
+        served = replace(info, adapter=adapter or info.adapter)
         if served.key != info.key:  # the alias moved during the run: file it under what served
             log.warning("%s was served by %s, not %s", model, served.adapter, info.adapter)
             key = cache_key("reply", served.key, item.id, item.content_hash(), params)
@@ -205,6 +250,7 @@ async def run_suite(
             elapsed,
             params["seed"],
             False,
+            *_timing(usage),
         )
 
     try:

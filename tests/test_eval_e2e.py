@@ -227,3 +227,43 @@ def test_judge_calibration_and_judging_a_run(env) -> None:
     assert set(judged["scores"]) == {"tiny-qwen3"}
     tutor("eval", "compare", str(run_dir), "--home", home)
     assert "NOT trusted" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_grounded_and_plain_side_by_side(env) -> None:
+    """`~grounded` / `~plain` ask one version both ways in one run: separate cache keys, the
+    gateway's corrector outcome per reply, streamed time to first token, and the report's table."""
+    url, home, v1 = env["url"], str(env["home"]), env["v1"]
+    run_dir = env["home"] / "run-grounded"
+    models = f"{v1}~plain,{v1}~grounded"
+    out = tutor(
+        "eval",
+        "run",
+        "--base-url",
+        url,
+        "--models",
+        models,
+        "--suite",
+        "smoke",
+        "--home",
+        home,
+        "--out",
+        str(run_dir),
+        "--no-progress",
+        "--concurrency",
+        "2",
+    )
+    assert "24 asked" in out
+    rows = [json.loads(x) for x in (run_dir / "replies.jsonl").read_text().splitlines()]
+    by = {m: [r for r in rows if r["model"] == m] for m in models.split(",")}
+    assert {len(v) for v in by.values()} == {12}
+    assert all(r["grounding"] is None for r in by[f"{v1}~plain"])
+    assert {r["grounding"] for r in by[f"{v1}~grounded"]} <= {"changed", "unchanged", "rejected"}
+    assert all(r["grounding"] for r in by[f"{v1}~grounded"])
+    assert all(r["adapter"] == v1 and r["ttft_s"] > 0 for r in rows)
+    assert len({r["model_key"] for r in rows}) == 2
+    tutor("eval", "compare", str(run_dir), "--home", home)
+    result = json.loads((run_dir / "report" / "report.json").read_text())
+    timing = result["timing"][f"{v1}~grounded"]
+    assert timing["n"] == 12 and sum(timing["grounding"].values()) == 12
+    assert result["timing"][f"{v1}~plain"]["grounding"] == {}
+    assert "Time to first token" in (run_dir / "report" / "report.md").read_text()
