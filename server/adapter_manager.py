@@ -39,10 +39,14 @@ class AdapterManager:
         metrics: Metrics,
         pinned: Mapping[str, AdapterRef] | None = None,
         poll_interval: float = 1.0,
+        base_aliases: tuple[str, ...] = (),
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.base_model = base_model
+        # other names of the served base (its public id, the configured model): a version whose
+        # adapter declares any of them fits; one trained on another base never reaches the engine
+        self.base_aliases = base_aliases
         self.max_resident = max(1, max_resident)
         self.metrics = metrics
         self.poll_interval = poll_interval
@@ -105,7 +109,7 @@ class AdapterManager:
                     version.path,
                     base_model=self.base_model,
                     max_rank=self.engine.max_lora_rank,
-                    base_aliases=(version.base_model,),
+                    base_aliases=self.base_aliases,
                     expected_sha256=version.sha256,
                 )
             except AdapterValidationError as exc:

@@ -75,7 +75,8 @@ def test_a_shipped_folder_is_bf16_with_a_portable_config_and_a_manifest(
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == BASE_ID  # no trainer's path
     with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
-        assert {str(f.get_tensor(k).dtype) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__) == {"torch.bfloat16"}
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    assert dtypes == {"torch.bfloat16"}
     parent = json.loads((shipped_catalogue.parent / "shipped" / "tutor" / MANIFEST).read_text())
     assert manifest["parent_sha256"] == parent["sha256"]
 
@@ -170,3 +171,41 @@ def test_a_gateway_serves_the_shipped_versions_and_a_restart_changes_nothing(
     registry = Registry.from_settings(settings)
     assert [v.name for v in registry.list("tutor")] == ["tutor@1"]
     shutil.rmtree(home)
+
+
+def test_a_version_for_another_base_is_never_served(tutor_home: Path, tmp_path: Path) -> None:
+    """One registry, two bases: the repository's shipped SmolLM2 `tutor` registered by a SmolLM2
+    gateway, then a gateway on the tiny model with the same registry. The alias is not followed
+    (the tiny gateway answers `tutor` on its base) and asking for the version by name is a 422,
+    never an engine crash from loading mismatched weights."""
+    settings = Settings(
+        home=tutor_home,
+        model=BASE_ID,
+        engine="transformers",
+        registry=tmp_path / "registry.sqlite",
+        adapter_dir=tmp_path / "adapters",
+    )
+    registry = Registry.from_settings(settings)
+    out = register_shipped(
+        registry,
+        Catalogue.load(DEFAULT_CATALOGUE),
+        base_model="smollm2-135m-instruct",
+        base_aliases=("smollm2-135m-instruct",),
+        max_rank=64,
+    )
+    assert [r.version for r in out if r.variant == "tutor"] == ["tutor@1"]
+    assert registry.alias("tutor") == "tutor@1"
+    body = {
+        "model": "tutor",
+        "messages": [{"role": "user", "content": "Yesterday I go to the store."}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    with running_server(create_app(settings)) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-tutor-adapter"] == "base"
+        r = httpx.post(f"{url}/v1/chat/completions", json={**body, "model": "tutor@1"}, timeout=60)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_adapter"
+        assert "smollm2-135m-instruct" in r.json()["error"]["message"]

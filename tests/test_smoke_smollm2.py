@@ -43,8 +43,15 @@ COMMON_ENGLISH = {
 
 
 @pytest.mark.slow
-def test_default_model_answers_a_learner_in_english(tutor_home, smollm2_path):
-    settings = Settings(home=tutor_home, engine="transformers")  # the default preset
+def test_default_model_answers_a_learner_in_english(tutor_home, smollm2_path, tmp_path):
+    # the default preset, with a registry of its own: the shipped tutor it registers is for
+    # SmolLM2, and the rest of the session's gateways run the tiny model
+    settings = Settings(
+        home=tutor_home,
+        engine="transformers",
+        registry=tmp_path / "registry.sqlite",
+        adapter_dir=tmp_path / "adapters",
+    )
     assert settings.model == "smollm2-135m-instruct"
     with running_server(create_app(settings)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
