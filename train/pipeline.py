@@ -116,7 +116,7 @@ def phases(plan: Plan) -> list[tuple[str, Callable[[], str]]]:
                 [
                     f"data.train=mix:{recipe.name}/{variant}",
                     f"run.variant={variant}",
-                    f"run.name=stage2-{short}-smollm2-v2",
+                    f"run.name=stage2-{short}-smollm2-v3",
                     f"lora.init_adapter={_stage1_version(plan)}",
                     *plan.overrides,
                     *_home(plan),
