@@ -207,3 +207,63 @@ def test_teacher_generator_over_a_real_gateway_with_retries(
     # A random tiny model is a poor teacher: the gates account for every row it wrote.
     kept, report = gate(rows)
     assert report.total == 2 and report.kept + sum(report.dropped.values()) == 2
+
+
+def test_corrector_turns_and_grounded_dialogues(split_home: Path, tmp_path: Path) -> None:
+    """The two halves of a grounded recast, rendered as the gateway sends them: the corrector
+    turn answers with the gold correction (a control with the sentence as it stands), and a
+    grounded dialogue has the hidden note right after its last learner turn."""
+    from adapters.variants import Catalogue
+    from server.settings import DEFAULT_CATALOGUE
+
+    tutor = Catalogue.load(DEFAULT_CATALOGUE).variants["tutor"]
+    for derive in ("references", "controls"):
+        job = GenJob(
+            name=f"c-{derive}",
+            source="jfleg",
+            variant="tutor",
+            derive=derive,
+            task="correct",
+            limit=40,
+        )
+        res = generate_dialogues(
+            job, tmp_path / f"{job.name}.jsonl", home=split_home, progress=False
+        )
+        rows = list(read_jsonl(res.path))
+        kept, report = gate(rows)
+        assert len(kept) == len(rows) == 40, report.to_dict()
+        for r in rows:
+            sys_msg, user, answer = r["messages"]
+            assert [sys_msg, user] == tutor.corrector_messages(r["turns"][0]["utterance"])
+            assert answer == {"role": "assistant", "content": r["turns"][0]["correction"]}
+            assert r["mode"] == "correct" and r["task"] == "correct" and not r["multi_turn"]
+            same = answer["content"] == user["content"]
+            assert same == (derive == "controls")
+
+    job = GenJob(name="g", source="jfleg", variant="tutor", limit=120, multi_turn=0.5, grounded=0.5)
+    rows = list(
+        read_jsonl(
+            generate_dialogues(job, tmp_path / "g.jsonl", home=split_home, progress=False).path
+        )
+    )
+    grounded = [r for r in rows if r["grounded"]]
+    assert 30 < len(grounded) < 90
+    for r in rows:
+        roles = [m["role"] for m in r["messages"]]
+        notes = [i for i, role in enumerate(roles) if role == "system" and i > 0]
+        if not r["grounded"]:
+            assert not notes
+            continue
+        # one note, between the last learner turn and the last tutor turn
+        assert notes == [len(roles) - 2] and roles[-3:] == ["user", "system", "assistant"]
+        learner = r["messages"][-3]["content"]
+        turn = r["turns"][-1]
+        meant = turn["correction"] if learner == turn["utterance"] else learner
+        assert r["messages"][-2]["content"] == tutor.grounding_note(learner, meant)
+    # a learner who repaired the sentence is told nothing is wrong
+    repaired = [r for r in grounded if r["turns"][-1]["mode"] == "confirm"]
+    assert repaired and all(
+        r["messages"][-2]["content"] == tutor.grounding["correct"] for r in repaired
+    )
+    kept, report = gate(rows)
+    assert len(kept) >= 0.8 * len(rows), report.to_dict()
