@@ -119,6 +119,26 @@ def test_stage1_then_stage2_registered_served_and_exported(home: Path) -> None:
     config = json.loads((stage2.run_dir / "config.json").read_text())
     assert config["resolved"]["parent"] == "tutor@2"
 
+    # A fresh machine starts Stage 2 from the shipped Stage 1 folder, whose config names the
+    # base by its public id rather than the trainer's path: its checkpoints still register.
+    from adapters.shipped import ship
+
+    shipped = home / "shipped" / "tutor"
+    ship(reg, "tutor@2", shipped, base_id="tiny-qwen3", shipped_version=1)
+    from_shipped = run_sft(
+        _config(
+            home,
+            "tutor-es-l2",
+            train_es,
+            eval_es,
+            1,
+            f"lora.init_adapter={shipped}",
+            "run.name=es-from-shipped",
+        )
+    )
+    assert from_shipped.versions == ["tutor-es-l2@2"]
+    assert reg.get("tutor-es-l2@2").base_model == "tiny-qwen3"
+
     # The gateway serves the registered adapter, and it changes what the variant says.
     with running_server(create_app(settings)) as url:
         base_reply = _reply(url, "tutor")

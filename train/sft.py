@@ -414,6 +414,8 @@ def make_callback(
                     adapter,
                     variant=cfg.run.variant,
                     base_model=base_source,
+                    # a Stage 2 started from a shipped folder inherits its config's public base id
+                    base_aliases=(cfg.model.name,),
                     max_rank=settings.max_lora_rank,
                     parent=parent,
                     source={
