@@ -12,7 +12,7 @@ import yaml
 
 from adapters.variants import Catalogue
 from server.app import create_app
-from server.engines.base import AdapterRef, Engine, GenerationRequest, TextDelta
+from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.grounding import corrector_max_tokens, ground, plausible
 from server.settings import DEFAULT_CATALOGUE, Settings
 from tests.support import peft_reference, running_server
@@ -79,8 +79,6 @@ def test_ground_puts_the_note_after_the_last_learner_turn(correction, outcome, n
         {"role": "assistant", "content": "Hi! What did you do yesterday?"},
         {"role": "user", "content": LEARNER},
     ]
-    from server.engines.base import SamplingParams
-
     request = GenerationRequest(messages, SamplingParams(max_tokens=50), adapter=adapter)
     engine = ScriptedCorrectorEngine(correction)
     grounded, what = asyncio.run(ground(engine, request, tutor))
