@@ -88,7 +88,9 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
     if "variant" in meta:  # a registered version, served under its variant's persona
         return ModelInfo(requested, requested, meta["variant"], root, card.get("parent"))
     if "adapter" in meta:  # a variant: an alias for the version it points to now
-        return ModelInfo(requested, str(meta["adapter"]), requested, root, card.get("parent"))
+        # (``<variant>@base`` names its variant in ``persona``: the same key as the alias on base)
+        persona = str(meta.get("persona") or requested)
+        return ModelInfo(requested, str(meta["adapter"]), persona, root, card.get("parent"))
     if card.get("parent") is None and card.get("root"):
         # The gateway's bare base model (its root is the weights' folder: key it by its id, as
         # the variants' cards do), or a plain server's base model.

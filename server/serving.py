@@ -31,6 +31,7 @@ from server.tasks import task_model
 log = logging.getLogger(__name__)
 
 BASE_DEFAULTS = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 256}
+BASE_SUFFIX = "@base"  # ``tutor-es-l2@base``: the variant's persona on the untrained base
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,13 @@ class ChatService:
     async def resolve(self, model_id: str) -> Target:
         if model_id == self.base_id:
             return Target(model_id, None, None, None)
+        if model_id.endswith(BASE_SUFFIX) and model_id.removesuffix(BASE_SUFFIX) in (
+            self.catalogue.variants
+        ):
+            # The variant's persona and hints on the bare base weights, wherever its alias
+            # points: what eval compares a trained version against.
+            variant = self.catalogue.variants[model_id.removesuffix(BASE_SUFFIX)]
+            return Target(model_id, variant, None, None)
         variant = self.catalogue.variants.get(model_id)
         if variant is not None:
             upstream = self.settings.upstream_models.get(model_id)

@@ -10,7 +10,7 @@ from server.auth import requires
 from server.errors import ModelNotFound
 from server.protocol import COMMON_ERRORS, ModelCard, ModelList, error_responses
 from server.routes.deps import ServiceDep
-from server.serving import ChatService
+from server.serving import BASE_SUFFIX, ChatService
 
 router = APIRouter(dependencies=[Depends(requires("chat"))])
 
@@ -73,4 +73,18 @@ async def get_model(model_id: str, service: ServiceDep) -> ModelCard:
     for card in await model_cards(service):
         if card.id == model_id:
             return card
+    variant = service.catalogue.variants.get(model_id.removesuffix(BASE_SUFFIX))
+    if model_id.endswith(BASE_SUFFIX) and variant is not None:
+        # not listed (clients would offer it as a model), but answerable: eval resolves it
+        meta = {
+            "language": variant.language,
+            "learner": variant.learner,
+            "adapter": "base",
+            "persona": variant.id,
+            "grounded": False,
+        }
+        base = service.base_id
+        return ModelCard(
+            id=model_id, created=service.created, parent=base, root=base, metadata=meta
+        )
     raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
