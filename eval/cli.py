@@ -115,12 +115,20 @@ def compare(
     promote: Annotated[
         bool, typer.Option(help="promote the recommended version in the registry")
     ] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="the run's base model (e.g. tutor-es-l2@base): ship-gate every other model "
+            "against it; --promote then needs the recommended one to pass"
+        ),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Compare the run's models; write report.md/.json and plots; recommend (and promote)."""
     from eval.arena import default_votes_path
     from eval.compare import compare_run, load_run
     from eval.compare import promote as do_promote
+    from eval.gate import gate_lines, ship_gate
     from eval.report import write_report
 
     data = load_run(run, home)
@@ -133,16 +141,82 @@ def compare(
         votes=votes or default_votes_path(home),
         languages=langs,
     )
+    gates = {}
+    if base is not None:
+        others = [m["model"] for m in result["models"] if m["model"] != base]
+        gates = {m: ship_gate(result, base=base, candidate=m) for m in others}
+        result["gates"] = list(gates.values())
     if promote:
-        result["decision"]["promotion"] = do_promote(result["decision"], registry)
+        chosen = result["decision"]["recommended"]
+        if base is not None and not gates.get(chosen, {}).get("passed"):
+            result["decision"]["promotion"] = f"not promoted: {chosen} does not pass the ship gate"
+        else:
+            result["decision"]["promotion"] = do_promote(result["decision"], registry)
     files = write_report(result, out or data.path / "report")
     d = result["decision"]
+    for gate in gates.values():
+        typer.echo("\n".join(gate_lines(gate)) + "\n")
     for reason in d["reasons"]:
         typer.echo(reason)
     typer.echo(f"recommended: {d['recommended']}" + (f" ({d['version']})" if d["version"] else ""))
     if "promotion" in d:
         typer.echo(d["promotion"])
     typer.echo(f"report: {files['markdown']}")
+
+
+@app.command("select")
+def select(
+    variant: Annotated[list[str] | None, typer.Option(help="variants (default: all five)")] = None,
+    candidate: Annotated[
+        str | None, typer.Option(help="the version to try (default: the variant's newest)")
+    ] = None,
+    suite: Annotated[
+        str | None, typer.Option(help="the suite (default: the variant's own, e.g. es-l2)")
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="a running gateway; default: start `tutor serve` (vLLM, float32)"),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="requests in flight")] = 4,
+    promote: Annotated[bool, typer.Option(help="promote a winner in the registry")] = True,
+    ways: Annotated[str, typer.Option(help="ways to ask: plain,grounded or one")] = (
+        "plain,grounded"
+    ),
+    progress: Annotated[bool, typer.Option(help="tqdm progress bar")] = True,
+    home: HomeOpt = None,
+) -> None:
+    """Eval and registration after training: each variant's newest version, plain and
+    grounded, against the base under its persona; the ship gate; promote the winner."""
+    from contextlib import nullcontext
+
+    from eval.select import SUITE_OF, select_variant, started_gateway, summary_lines
+    from train.data import tutor_home
+
+    names = variant or list(SUITE_OF)
+    if (candidate or suite) and len(names) != 1:
+        raise typer.BadParameter("needs exactly one --variant", param_hint="--candidate/--suite")
+    registry = _registry(required=True)
+    log = tutor_home(home) / "logs" / "select-gateway.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    gateway = nullcontext(base_url) if base_url else started_gateway(log=log)
+    done = []
+    with gateway as url:
+        for name in names:
+            sel = select_variant(
+                name,
+                url,
+                registry=registry,
+                candidate=candidate,
+                suite=suite,
+                home=home,
+                concurrency=concurrency,
+                promote=promote,
+                progress=progress,
+                ways=[w.strip() for w in ways.split(",") if w.strip()],
+            )
+            done.append(sel)
+            typer.echo(f"{name}: {sel.promotion} (report: {sel.run}/report/report.md)")
+    typer.echo("\n".join(summary_lines(done)))
 
 
 @app.command("judge-calibrate")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from eval.gate import gate_lines
 from eval.replies import METRICS
 
 PLOTTED = ("pedagogy", *(m.name for m in METRICS))
@@ -120,6 +121,15 @@ def plot_human(result: dict[str, Any], out: Path) -> Path | None:
     return out
 
 
+def _gate_section(result: dict[str, Any]) -> list[str]:
+    """The ship gate of each candidate against the base (eval/gate.py), when one was asked."""
+    gates = result.get("gates") or []
+    lines = ["## Ship gate (against the base model, eval/gate.py)", ""] if gates else []
+    for gate in gates:
+        lines += [*gate_lines(gate), ""]
+    return lines
+
+
 def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
     models = [m["model"] for m in result["models"]]
     d = result["decision"]
@@ -144,6 +154,7 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         f"**Recommended: `{d['recommended']}`**"
         + (f" (version `{d['version']}` of `{d['variant']}`)" if d.get("version") else ""),
         "",
+        *_gate_section(result),
         "## Models",
         "",
         "| model | served by | persona | held-out perplexity | pedagogy [95% CI] |",

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -267,3 +268,85 @@ def test_grounded_and_plain_side_by_side(env) -> None:
     assert timing["n"] == 12 and sum(timing["grounding"].values()) == 12
     assert result["timing"][f"{v1}~plain"]["grounding"] == {}
     assert "Time to first token" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_the_base_under_a_variant_persona_and_the_ship_gate(env) -> None:
+    """`tutor@base` is the tutor persona on the bare base wherever the alias points (what a
+    version is gated against), and `--base` gates every other model before `--promote`."""
+    url, home, v1, v2 = env["url"], str(env["home"]), env["v1"], env["v2"]
+    env["registry"].promote("tutor", v2)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    card = client.models.retrieve("tutor@base").model_dump()
+    assert card["metadata"]["adapter"] == "base" and card["metadata"]["persona"] == "tutor"
+    assert "tutor@base" not in {m.id for m in client.models.list().data}  # answerable, not listed
+    raw = client.chat.completions.with_raw_response.create(
+        model="tutor@base", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert raw.headers["x-tutor-adapter"] == "base"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nosuch@base")
+
+    run_dir = env["home"] / "run-gate"
+    out = tutor(
+        "eval", "run", "--base-url", url, "--models", f"tutor@base,{v1}", "--suite", "smoke",
+        "--home", home, "--out", str(run_dir), "--no-progress",
+    )  # fmt: skip
+    rows = [json.loads(x) for x in (run_dir / "replies.jsonl").read_text().splitlines()]
+    assert {r["model_key"] for r in rows if r["model"] == "tutor@base"} == {"tutor|base|tiny-qwen3"}
+    assert {r["adapter"] for r in rows if r["model"] == "tutor@base"} == {"base"}
+    out = tutor(
+        "eval", "compare", str(run_dir), "--base", "tutor@base", "--tolerance", "1",
+        "--promote", "--home", home,
+    )  # fmt: skip
+    result = json.loads((run_dir / "report" / "report.json").read_text())
+    [gate] = result["gates"]
+    assert gate["base"] == "tutor@base" and gate["candidate"] == v1
+    assert gate["checks"][0]["name"].startswith("beats the base")
+    want = next(p for p in result["pairs"] if {p["a"], p["b"]} == {"tutor@base", v1})
+    lo = want["pedagogy_difference"]["lo" if want["a"] == v1 else "hi"]
+    assert gate["checks"][0]["ok"] == ((lo if want["a"] == v1 else -lo) > 0)
+    assert "Ship gate" in (run_dir / "report" / "report.md").read_text()
+    chosen = result["decision"]["recommended"]
+    if chosen == v1 and gate["passed"]:
+        assert env["registry"].alias("tutor") == v1
+    else:  # the base won, or the winner failed the gate: the alias stays where it was
+        assert env["registry"].alias("tutor") == v2
+        assert "not promoted" in out or "nothing to promote" in out
+
+
+def test_select_asks_both_ways_gates_them_and_promotes_only_a_winner(env) -> None:
+    """`tutor eval select`: base under the persona, the version plain and grounded, the ship
+    gate for each way, the choice, the promotion (or none) and the summary file."""
+    from eval.select import choose
+
+    url, home, v1, v2 = env["url"], str(env["home"]), env["v1"], env["v2"]
+    env["registry"].promote("tutor", v2)
+    out = tutor(
+        "eval", "select", "--variant", "tutor", "--candidate", v1, "--suite", "smoke",
+        "--base-url", url, "--home", home, "--no-progress", "--concurrency", "2",
+    )  # fmt: skip
+    sel = json.loads((env["home"] / "eval" / "select" / "tutor.json").read_text())
+    ways = [f"{v1}~plain", f"{v1}~grounded"]
+    assert sel["base"] == "tutor@base" and sel["candidate"] == v1
+    assert sorted(sel["gates"]) == sorted(ways) and set(sel["pedagogy"]) == {"tutor@base", *ways}
+    assert sel["chosen"] == choose(sel["pedagogy"], sel["gates"])
+    run = json.loads((Path(sel["run"]) / "run.json").read_text())
+    assert [m["model"] for m in run["models"]] == ["tutor@base", *ways]
+    assert (Path(sel["run"]) / "report" / "report.md").read_text().count(
+        " against `tutor@base`"
+    ) == 2
+    if sel["chosen"]:
+        assert env["registry"].alias("tutor") == v1 and sel["grounded"] == sel["chosen"].endswith(
+            "~grounded"
+        )
+    else:
+        assert env["registry"].alias("tutor") == v2 and "not promoted" in sel["promotion"]
+    assert f"| tutor | {v1} |" in out
+    # The version's eval summary (what `tutor adapters ship` writes into the manifest) keeps its
+    # held-out figures and gains this suite's.
+    summary = env["registry"].get(v1).eval_summary
+    assert summary["heldout"]["eval_ppl_adapter"] == PPL["v1"]
+    mine = summary[sel["suite"]]
+    assert mine["gate"] == {w: sel["gates"][f"{v1}~{w}"]["passed"] for w in ("plain", "grounded")}
+    assert mine["plain"]["pedagogy"] == round(sel["pedagogy"][f"{v1}~plain"], 3)
+    assert mine["served"] == (sel["chosen"].split("~")[1] if sel["chosen"] else None)
