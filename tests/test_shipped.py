@@ -46,6 +46,8 @@ def shipped_catalogue(tmp_path: Path, tiny_path: Path) -> Path:
     ship(trainer, s1.name, folder / "shipped" / "tutor", base_id=BASE_ID, shipped_version=1)
     ship(trainer, s2.name, folder / "shipped" / "tutor-es-l2", base_id=BASE_ID, shipped_version=1)
     raw = yaml.safe_load(DEFAULT_CATALOGUE.read_text(encoding="utf-8"))
+    for variant in raw["variants"].values():
+        variant["adapter"] = None  # only the two shipped here; the rest run on the base
     raw["variants"]["tutor"]["adapter"] = "shipped/tutor"
     raw["variants"]["tutor-es-l2"]["adapter"] = "shipped/tutor-es-l2"
     (folder / "catalogue.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))

@@ -28,10 +28,18 @@ from tests.support import free_port, peft_reference, running_server
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 CATALOGUE = Catalogue.load(DEFAULT_CATALOGUE)
 SHIPPED = {v.id: v for v in CATALOGUE.variants.values() if v.shipped is not None}
-LEARNERS = {
+# A sentence each language shares, and one with an error typical of the variant's learners.
+SHARED = {
     "en": "Yesterday I go to the store and buy many apple.",
     "es": "Ayer yo va a la playa con mi amigos.",
     "zh": "我昨天去商店买了三个苹果，但是他们很贵了。",
+}
+TYPICAL = {
+    "tutor": "She don't like swimming because the water are cold.",
+    "tutor-es-l2": "Mi hermana es muy alto y le gusta los perros.",
+    "tutor-es-heritage": "Nosotros trujimos mucha comida para la fiesta.",  # trajimos
+    "tutor-zh-l2": "我很喜欢吃饺子，但是我不会做饺子了。",
+    "tutor-zh-heritage": "我妈妈做饭做的很好吃，我每天吃两个碗饭。",  # 得, 两碗饭
 }
 MAX_TOKENS = 40
 BASE = "smollm2-135m-instruct"
@@ -59,10 +67,13 @@ def test_shipped_adapters_are_small_bf16_and_fit_the_default_base(variant, smoll
     assert config["base_model_name_or_path"] == BASE
 
 
-def expected_reply(smollm2_path, variant_id: str) -> tuple[str, str | None]:
+def learners(variant_id: str) -> list[str]:
+    return [SHARED[CATALOGUE.variants[variant_id].language], TYPICAL[variant_id]]
+
+
+def expected_reply(smollm2_path, variant_id: str, learner: str) -> tuple[str, str | None]:
     """PEFT's greedy reply, and the grounding outcome the gateway should report."""
     variant = CATALOGUE.variants[variant_id]
-    learner = LEARNERS[variant.language]
     messages = [
         {"role": "system", "content": variant.system_prompt()},
         {"role": "user", "content": learner},
@@ -112,18 +123,19 @@ def test_a_fresh_home_serves_every_shipped_variant_as_peft_does(fresh_gateway, s
     for variant_id, variant in SHIPPED.items():
         assert cards[variant_id]["metadata"]["adapter"] == f"{variant_id}@1"
         assert cards[variant_id]["metadata"]["grounded"] is variant.grounded
-        want, outcome = expected_reply(smollm2_path, variant_id)
-        raw = client.chat.completions.with_raw_response.create(
-            model=variant_id,
-            messages=[{"role": "user", "content": LEARNERS[variant.language]}],
-            max_tokens=MAX_TOKENS,
-            temperature=0,
-        )
-        got = raw.parse().choices[0].message.content
-        assert raw.headers["x-tutor-adapter"] == f"{variant_id}@1"
-        assert raw.headers.get("x-tutor-grounding") == outcome
-        assert got == want, (variant_id, got, want)
-        assert detect_language(got) == variant.language, (variant_id, got)
+        for learner in learners(variant_id):
+            want, outcome = expected_reply(smollm2_path, variant_id, learner)
+            raw = client.chat.completions.with_raw_response.create(
+                model=variant_id,
+                messages=[{"role": "user", "content": learner}],
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+            )
+            got = raw.parse().choices[0].message.content
+            assert raw.headers["x-tutor-adapter"] == f"{variant_id}@1"
+            assert raw.headers.get("x-tutor-grounding") == outcome
+            assert got == want, (variant_id, learner, got, want)
+            assert detect_language(got) == variant.language, (variant_id, learner, got)
 
     # A second start registers nothing new: the same weights are the same versions.
     registry = Registry.from_settings(fresh_gateway["settings"])
