@@ -148,7 +148,7 @@ def compare(
         result["gates"] = list(gates.values())
     if promote:
         chosen = result["decision"]["recommended"]
-        if base is not None and not gates.get(chosen, {}).get("passed"):
+        if base is not None and chosen != base and not gates[chosen]["passed"]:
             result["decision"]["promotion"] = f"not promoted: {chosen} does not pass the ship gate"
         else:
             result["decision"]["promotion"] = do_promote(result["decision"], registry)
