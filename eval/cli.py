@@ -128,7 +128,7 @@ def compare(
     from eval.arena import default_votes_path
     from eval.compare import compare_run, load_run
     from eval.compare import promote as do_promote
-    from eval.gate import gate_lines, ship_gate
+    from eval.gate import gate_lines, gates_against
     from eval.report import write_report
 
     data = load_run(run, home)
@@ -143,8 +143,7 @@ def compare(
     )
     gates = {}
     if base is not None:
-        others = [m["model"] for m in result["models"] if m["model"] != base]
-        gates = {m: ship_gate(result, base=base, candidate=m) for m in others}
+        gates = gates_against(result, base)
         result["gates"] = list(gates.values())
     if promote:
         chosen = result["decision"]["recommended"]

@@ -102,6 +102,12 @@ def ship_gate(result: dict[str, Any], *, base: str, candidate: str) -> dict[str,
     }
 
 
+def gates_against(result: dict[str, Any], base: str) -> dict[str, dict[str, Any]]:
+    """Every other model of the run through the gate against ``base``, by model id."""
+    others = [m["model"] for m in result["models"] if m["model"] != base]
+    return {m: ship_gate(result, base=base, candidate=m) for m in others}
+
+
 def gate_lines(gate: dict[str, Any]) -> list[str]:
     """The gate as markdown lines (the report's section, the CLI's output)."""
     verdict = "passes" if gate["passed"] else "FAILS"

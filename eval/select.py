@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from eval.compare import DEFAULT_TOLERANCE, compare_run, load_run
-from eval.gate import ship_gate
+from eval.gate import gates_against
 
 SUITE_OF = {
     "tutor": "en",
@@ -130,6 +130,7 @@ def select_variant(
 ) -> Selection:
     """Ask, compare, gate, choose and (when a way wins) promote, for one variant."""
     from eval.cache import ReplyCache
+    from eval.report import write_report
     from eval.runner import default_run_name, run_suite, runs_dir, write_run
     from eval.suites import load_suite
     from train.data import atomic_write_text, tutor_home
@@ -150,7 +151,7 @@ def select_variant(
     folder = runs_dir(home) / default_run_name(s, models)
     write_run(folder, suite=s, base_url=base_url, infos=infos, records=records)
     result = compare_run(load_run(folder), tolerance=tolerance, registry=registry)
-    gates = {m: ship_gate(result, base=base, candidate=m) for m in models[1:]}
+    gates = gates_against(result, base)
     result["gates"] = list(gates.values())
     pedagogy = {m: result["metrics"][m]["pedagogy"]["mean"] for m in models}
     chosen = choose(pedagogy, gates, tolerance)
@@ -167,8 +168,6 @@ def select_variant(
     summary = dict(registry.get(version).eval_summary or {})
     summary[s.ref] = eval_summary(result, base, version, chosen, gates)
     registry.set_eval_summary(version, summary)  # what `tutor adapters ship` writes out
-    from eval.report import write_report
-
     write_report(result, folder / "report")
     sel = Selection(
         variant=variant,
