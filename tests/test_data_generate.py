@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -267,3 +269,28 @@ def test_corrector_turns_and_grounded_dialogues(split_home: Path, tmp_path: Path
     )
     kept, report = gate(rows)
     assert len(kept) >= 0.8 * len(rows), report.to_dict()
+
+
+def test_natural_echo_zero_answers_every_control_with_a_reaction(
+    split_home: Path, tmp_path: Path
+) -> None:
+    """Mandarin Stage 2 controls (natural_echo: 0) never repeat the learner's sentence back; the
+    default still echoes some, and leaving the option unset keeps an older job's plan hash."""
+    from train.templates import NATURAL_REACTIONS
+
+    base = {"source": "mucgec", "variant": "tutor-zh-l2", "derive": "controls", "limit": 60}
+    reactions = tuple(NATURAL_REACTIONS["zh"])
+    starts: dict[str, list[bool]] = {}
+    for name, echo in (("dflt", None), ("none", 0.0)):
+        job = GenJob(name=name, natural_echo=echo, **base)
+        res = generate_dialogues(job, tmp_path / f"{name}.jsonl", home=split_home, progress=False)
+        rows = list(read_jsonl(res.path))
+        assert len(rows) == 60 and gate(rows)[1].to_dict()
+        starts[name] = [r["messages"][-1]["content"].startswith(reactions) for r in rows]
+    assert all(starts["none"])
+    assert 5 < starts["dflt"].count(False) < 35  # about 30% echoed
+    unset = GenJob(name="x", **base)
+    older = {k: v for k, v in asdict(unset).items() if k != "natural_echo"}  # before the option
+    older_hash = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:16]
+    assert unset.plan_hash() == older_hash
+    assert GenJob(name="x", natural_echo=0.0, **base).plan_hash() != older_hash

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from train.data import ErrorRecord, atomic_write_text, load_split
 from train.synth import derive
-from train.templates import self_repair, stable_fraction, tutor_reply
+from train.templates import NATURAL_ECHO_SHARE, self_repair, stable_fraction, tutor_reply
 
 MODES = ("recast", "elicitation", "expansion", "metalinguistic")
 TASKS = ("tutor", "correct")
@@ -52,10 +52,14 @@ class GenJob:
     as_learner: str | None = None  # relabel the records' learner type (MuCGEC for heritage)
     task: str = "tutor"  # tutor: a dialogue | correct: the corrector turn (sentence -> corrected)
     grounded: float = 0.0  # share of tutor dialogues whose last learner turn has the hidden note
+    natural_echo: float | None = None  # share of error-free turns echoed (None: the template's)
     seed: int = 0
 
     def plan_hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        if fields["natural_echo"] is None:  # added later: unset keeps older jobs' hashes
+            del fields["natural_echo"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class DialogueContext:
     system: str
     history: list[dict[str, str]]  # the conversation so far, ending with the learner's turn
     turn: Turn
+    natural_echo: float = NATURAL_ECHO_SHARE  # share of error-free turns answered with an echo
 
 
 class TemplateGenerator:
@@ -161,7 +166,15 @@ class TemplateGenerator:
 
     async def reply(self, ctx: DialogueContext) -> str:
         t = ctx.turn
-        return tutor_reply(t.mode, t.utterance, t.correction, ctx.language, t.category, ctx.key)
+        return tutor_reply(
+            t.mode,
+            t.utterance,
+            t.correction,
+            ctx.language,
+            t.category,
+            ctx.key,
+            natural_echo=ctx.natural_echo,
+        )
 
 
 MODE_INSTRUCTIONS = {
@@ -330,17 +343,12 @@ async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str
     system = system_prompt_for(job.variant, item.mode, key)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": rec.utterance}]
     turns = [Turn(item.mode, rec.utterance, rec.correction, rec.category)]
+    echo = NATURAL_ECHO_SHARE if job.natural_echo is None else job.natural_echo
     grounded = False
     if not item.multi:
         grounded = _ground(job, key, messages, turns[0])
-    messages.append(
-        {
-            "role": "assistant",
-            "content": await generator.reply(
-                DialogueContext(key, language, system, _history(messages), turns[0])
-            ),
-        }
-    )
+    ctx = DialogueContext(key, language, system, _history(messages), turns[0], echo)
+    messages.append({"role": "assistant", "content": await generator.reply(ctx)})
     if item.multi:
         if item.follow is not None:  # the learner goes on, with a new error
             nxt = item.follow
@@ -355,7 +363,7 @@ async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str
         # the note is hidden: the client never sends an earlier one back, so only the last turn
         note_turn = Turn(turn.mode, learner, learner) if item.follow is None else turn
         grounded = _ground(job, key, messages, note_turn)
-        ctx = DialogueContext(key + ":2", language, system, _history(messages), turn)
+        ctx = DialogueContext(key + ":2", language, system, _history(messages), turn, echo)
         messages.append({"role": "assistant", "content": await generator.reply(ctx)})
     row = _row(job, item, language, messages, grounded=grounded, turns=turns)
     return {**row, "generator": generator.name}

@@ -247,6 +247,10 @@ NATURAL_REACTIONS = {
 SELF_REPAIR = {"en": ["Oh, {c}", "{c}", "Ah, {c}"], "es": ["Ah, {c}", "{c}", "Ah, vale: {c}"]}
 SELF_REPAIR["zh"] = ["哦，{c}", "{c}", "啊，{c}"]
 
+# Share of error-free turns answered with an echo. Mandarin Stage 2 sets use 0: tutor-zh-l2@4,
+# trained with echoes, answered 3 of 6 correct sentences with a repeat-and-prompt (docs/TRAINING.md).
+NATURAL_ECHO_SHARE = 0.3
+
 MAX_ECHO_TOKENS = {"en": 18, "es": 18, "zh": 28}
 WINDOW = {"en": 5, "es": 5, "zh": 8}
 
@@ -370,10 +374,19 @@ def focus(utterance: str, correction: str) -> dict[str, str]:
 
 
 def tutor_reply(
-    mode: str, utterance: str, correction: str, language: str, category: str | None, key: str
+    mode: str,
+    utterance: str,
+    correction: str,
+    language: str,
+    category: str | None,
+    key: str,
+    *,
+    natural_echo: float = NATURAL_ECHO_SHARE,
 ) -> str:
-    """One tutor turn in the given mode."""
-    return _capitalise(_reply(mode, utterance, correction, language, category, key), language)
+    """One tutor turn in the given mode. ``natural_echo``: the share of error-free turns answered
+    by echoing the sentence back rather than with a reaction."""
+    reply = _reply(mode, utterance, correction, language, category, key, natural_echo)
+    return _capitalise(reply, language)
 
 
 def _capitalise(text: str, language: str) -> str:
@@ -385,7 +398,13 @@ def _capitalise(text: str, language: str) -> str:
 
 
 def _reply(
-    mode: str, utterance: str, correction: str, language: str, category: str | None, key: str
+    mode: str,
+    utterance: str,
+    correction: str,
+    language: str,
+    category: str | None,
+    key: str,
+    natural_echo: float,
 ) -> str:
     question = pick(FOLLOW_UPS[language], key, "q")
     sep = "" if language == "zh" else " "
@@ -419,7 +438,7 @@ def _reply(
         return said + sep + question
     if mode == "natural":  # an error-free turn: take up the content, correct nothing
         # mostly a reaction: an echo of a right sentence is where a small model learns to edit
-        if stable_fraction(f"natural-echo:{key}") < 0.3:
+        if stable_fraction(f"natural-echo:{key}") < natural_echo:
             said = pick(NATURAL_ECHO[language], key, "n").format(
                 echo=echo(utterance, utterance, language)
             )
