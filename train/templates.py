@@ -253,7 +253,8 @@ NATURAL_REACTIONS_NO_ECHO = {
     "es": ["¡Suena genial!", "¡Me alegra oírlo!", "¡Qué buena idea!", "¡Qué emoción!",
            "Qué interesante es eso.", "¡Qué bueno!"],
     "zh": ["哇，真不错！", "听起来很棒。", "那很好啊。", "挺好的！", "真有意思。", "好羡慕你！",
-           "太好了！", "听上去很有趣。"],
+           "太好了！", "听上去很有趣。", "原来是这样！", "好棒啊！", "听起来挺好的。", "那一定很开心。",
+           "哇，厉害！", "很有意思的想法。"],
 }  # fmt: skip
 SELF_REPAIR = {"en": ["Oh, {c}", "{c}", "Ah, {c}"], "es": ["Ah, {c}", "{c}", "Ah, vale: {c}"]}
 SELF_REPAIR["zh"] = ["哦，{c}", "{c}", "啊，{c}"]
