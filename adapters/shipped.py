@@ -74,28 +74,9 @@ def register_shipped(
             log.info("shipped adapter for %s not registered: %s", variant.id, exc)
             out.append(Registration(variant.id, None, f"skipped: {exc}", None, False))
             continue
-        same = [v for v in registry.list(variant.id) if v.sha256 == info.sha256]
-        if same:
-            version, outcome = same[0], "existing"
-        else:
-            parent = _parent(registry, manifest)
-            version = registry.add(
-                folder,
-                variant=variant.id,
-                base_model=base_model,
-                max_rank=max_rank,
-                parent=parent,
-                source={
-                    "shipped": True,
-                    "folder": str(folder),
-                    "shipped_version": manifest.get("version"),
-                    "data_manifest_sha256": manifest.get("data_manifest_sha256"),
-                    "run": manifest.get("run"),
-                },
-                eval_summary=manifest.get("eval"),
-                base_aliases=base_aliases,
-            )
-            outcome = "added"
+        version, outcome = _add(
+            registry, folder, manifest, variant.id, info.sha256, base_model, max_rank, base_aliases
+        )
         alias = registry.alias(variant.id)
         moved = False
         if alias != version.name and (alias is None or _is_shipped(registry, alias)):
@@ -111,6 +92,69 @@ def register_shipped(
             " (moved)" if moved else "",
         )
     return out
+
+
+def _add(
+    registry: Registry,
+    folder: Path,
+    manifest: dict[str, Any],
+    variant: str,
+    sha256: str,
+    base_model: str,
+    max_rank: int,
+    base_aliases: tuple[str, ...],
+) -> tuple[AdapterVersion, str]:
+    """The registered version with these weights, added (with its lineage) if there is none."""
+    same = [v for v in registry.list(variant) if v.sha256 == sha256]
+    if same:
+        return same[0], "existing"
+    version = registry.add(
+        folder,
+        variant=variant,
+        base_model=base_model,
+        max_rank=max_rank,
+        parent=_parent(registry, manifest),
+        source={
+            "shipped": True,
+            "folder": str(folder),
+            "shipped_version": manifest.get("version"),
+            "data_manifest_sha256": manifest.get("data_manifest_sha256"),
+            "run": manifest.get("run"),
+        },
+        eval_summary=manifest.get("eval"),
+        base_aliases=base_aliases,
+    )
+    return version, "added"
+
+
+def register_folder(
+    registry: Registry,
+    folder: Path,
+    *,
+    base_model: str,
+    base_aliases: tuple[str, ...] = (),
+    max_rank: int,
+) -> AdapterVersion | None:
+    """The registered version of one shipped folder (added if new; no alias moves), or None for
+    a folder without a manifest. Stage 2 trained from ``adapters/shipped/tutor`` names this
+    version as its parent, so the lineage holds before any gateway has started."""
+    manifest = read_manifest(folder)
+    if not manifest.get("variant"):
+        return None
+    info = validate_adapter(
+        folder, base_model=base_model, max_rank=max_rank, base_aliases=base_aliases
+    )
+    version, _ = _add(
+        registry,
+        Path(folder),
+        manifest,
+        manifest["variant"],
+        info.sha256,
+        base_model,
+        max_rank,
+        base_aliases,
+    )
+    return version
 
 
 def _is_shipped(registry: Registry, name: str) -> bool:
@@ -167,14 +211,21 @@ def ship(
             raise ValueError(f"{name} is {size_mb:.1f} MB in bf16, over the {max_mb} MB limit")
         parent = registry.get(version.parent) if version.parent else None
         source = version.source or {}
+        lineage = (
+            {
+                "parent_variant": parent.variant,
+                "parent_trained_as": parent.name,
+                "parent_sha256": _shipped_sha(parent),
+            }
+            if parent
+            else _shipped_init(source)
+        )
         manifest = {
             "variant": version.variant,
             "version": shipped_version,
             "trained_as": version.name,
             "base_model": base_id,
-            "parent_variant": parent.variant if parent else None,
-            "parent_trained_as": parent.name if parent else None,
-            "parent_sha256": _shipped_sha(parent) if parent else None,
+            **lineage,
             "run": source.get("run"),
             "step": source.get("step"),
             "data_manifest_sha256": source.get("data_manifest_sha256"),
@@ -191,6 +242,30 @@ def ship(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _shipped_init(source: dict[str, Any]) -> dict[str, Any]:
+    """Lineage from the run itself when the registry has none: a run that started from a
+    shipped folder (its config.json says which) is that folder's child. Runs registered before
+    Stage 2 recorded a shipped parent in the registry get their lineage this way."""
+    none = {"parent_variant": None, "parent_trained_as": None, "parent_sha256": None}
+    config = Path(source.get("run_dir") or "/nonexistent") / "config.json"
+    if not config.is_file():
+        return none
+    init = json.loads(config.read_text(encoding="utf-8")).get("resolved", {}).get("init_adapter")
+    if not init:
+        return none
+    folder = Path(init)
+    if not folder.is_absolute() and not folder.is_dir():  # relative to the checkout it ran in
+        folder = Path(__file__).resolve().parent.parent / folder
+    parent = read_manifest(folder)
+    if not parent.get("sha256"):
+        return none
+    return {
+        "parent_variant": parent.get("variant"),
+        "parent_trained_as": parent.get("trained_as"),
+        "parent_sha256": parent["sha256"],
+    }
 
 
 def _shipped_sha(version: AdapterVersion) -> str:

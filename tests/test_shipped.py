@@ -211,3 +211,37 @@ def test_a_version_for_another_base_is_never_served(tutor_home: Path, tmp_path: 
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "invalid_adapter"
         assert "smollm2-135m-instruct" in r.json()["error"]["message"]
+
+
+def test_ship_takes_lineage_from_the_run_when_the_registry_has_none(
+    shipped_catalogue: Path, tiny_path: Path, tmp_path: Path
+) -> None:
+    """A Stage 2 run registered before its shipped parent was (parent unset in the registry)
+    still ships as that folder's child: its config.json names the folder it started from."""
+    stage1 = shipped_catalogue.parent / "shipped" / "tutor"
+    run_dir = tmp_path / "runs" / "stage2"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"resolved": {"init_adapter": str(stage1)}}))
+    registry = Registry(tmp_path / "r.sqlite", store=tmp_path / "rstore", roots=[tmp_path])
+    child = registry.add(
+        make_random_adapter(tiny_path, tmp_path / "runs" / "s9", seed=19),
+        variant="tutor-es-l2",
+        base_model=str(tiny_path),
+        max_rank=16,
+        source={"run": "stage2", "run_dir": str(run_dir)},
+    )
+    assert child.parent is None
+    manifest = ship(registry, child.name, tmp_path / "out", base_id=BASE_ID, shipped_version=2)
+    stage1_manifest = json.loads((stage1 / MANIFEST).read_text())
+    assert manifest["parent_sha256"] == stage1_manifest["sha256"]
+    assert manifest["parent_variant"] == "tutor"
+    assert manifest["parent_trained_as"] == stage1_manifest["trained_as"]
+    # without a run to read, no lineage is invented
+    orphan = registry.add(
+        make_random_adapter(tiny_path, tmp_path / "runs" / "s10", seed=20),
+        variant="tutor-es-l2",
+        base_model=str(tiny_path),
+        max_rank=16,
+    )
+    bare = ship(registry, orphan.name, tmp_path / "out2", base_id=BASE_ID)
+    assert bare["parent_sha256"] is None and bare["parent_variant"] is None

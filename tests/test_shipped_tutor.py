@@ -65,6 +65,12 @@ def test_shipped_adapters_are_small_bf16_and_fit_the_default_base(variant, smoll
     assert info.sha256 == manifest["sha256"]
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == BASE
+    if variant != "tutor":  # Stage 2 starts from the shipped Stage 1
+        stage1 = read_manifest(SHIPPED["tutor"].shipped)
+        assert (manifest["parent_variant"], manifest["parent_sha256"]) == (
+            "tutor",
+            stage1["sha256"],
+        )
 
 
 def learners(variant_id: str) -> list[str]:
@@ -140,6 +146,10 @@ def test_a_fresh_home_serves_every_shipped_variant_as_peft_does(fresh_gateway, s
     # A second start registers nothing new: the same weights are the same versions.
     registry = Registry.from_settings(fresh_gateway["settings"])
     before = [v.name for v in registry.list()]
+    # Stage 2 variants were trained from the shipped Stage 1: the lineage says so.
+    for variant_id in SHIPPED:
+        parent = registry.get(f"{variant_id}@1").parent
+        assert parent == (None if variant_id == "tutor" else "tutor@1"), variant_id
     again = register_shipped(
         registry, CATALOGUE, base_model=str(smollm2_path), base_aliases=(BASE,), max_rank=64
     )

@@ -138,6 +138,28 @@ def test_stage1_then_stage2_registered_served_and_exported(home: Path) -> None:
     )
     assert from_shipped.versions == ["tutor-es-l2@2"]
     assert reg.get("tutor-es-l2@2").base_model == "tiny-qwen3"
+    # ... and its lineage: the shipped folder is registered (once) and is the parent, so
+    # `tutor adapters ship` writes the parent's hash into the Stage 2 manifest.
+    parent = reg.get(reg.get("tutor-es-l2@2").parent)
+    assert parent.name == "tutor@3" and parent.source["shipped"] is True
+    assert parent.sha256 == json.loads((shipped / "tutor-adapter.json").read_text())["sha256"]
+    assert reg.alias("tutor") != "tutor@3"  # registering a parent moves no alias
+    again = run_sft(
+        _config(
+            home,
+            "tutor-es-l2",
+            train_es,
+            eval_es,
+            1,
+            f"lora.init_adapter={shipped}",
+            "run.name=es-from-shipped-again",
+        )
+    )
+    assert reg.get(again.versions[-1]).parent == "tutor@3"
+    assert [v.name for v in reg.list("tutor")] == ["tutor@1", "tutor@2", "tutor@3"]
+    es_manifest = ship(reg, "tutor-es-l2@2", home / "shipped" / "tutor-es-l2", base_id="tiny-qwen3")
+    assert es_manifest["parent_trained_as"] == "tutor@3"
+    assert es_manifest["parent_sha256"] == parent.sha256
 
     # The gateway serves the registered adapter, and it changes what the variant says.
     with running_server(create_app(settings)) as url:

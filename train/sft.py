@@ -268,13 +268,29 @@ def _registry(cfg: SFTRunConfig) -> Any:
     return Registry.from_settings(settings), settings
 
 
-def resolve_init_adapter(cfg: SFTRunConfig) -> tuple[Path | None, str | None]:
-    """(folder, registered parent name) of the adapter Stage 2 starts from."""
+def resolve_init_adapter(
+    cfg: SFTRunConfig, base_model: str | None = None
+) -> tuple[Path | None, str | None]:
+    """(folder, registered parent name) of the adapter Stage 2 starts from. A shipped folder
+    (with its manifest) is registered first if this registry lacks it, so it is the parent."""
     ref = cfg.lora.init_adapter
     if not ref:
         return None, None
-    if Path(ref).expanduser().is_dir():
-        return Path(ref).expanduser(), None
+    folder = Path(ref).expanduser().resolve()
+    if folder.is_dir():
+        if base_model is None or not cfg.run.register:
+            return folder, None
+        from adapters.shipped import register_folder
+
+        reg, settings = _registry(cfg)
+        version = register_folder(
+            reg,
+            folder,
+            base_model=base_model,
+            base_aliases=(cfg.model.name,),
+            max_rank=settings.max_lora_rank,
+        )
+        return folder, version.name if version else None
     if "@" not in ref:
         raise ValueError(f"init_adapter {ref!r} is neither a folder nor a registry name")
     reg, _ = _registry(cfg)
@@ -473,7 +489,7 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
         from train.data import sha256_file
 
         data_manifest = {"path": str(manifest_path), "sha256": sha256_file(manifest_path)}
-    init_path, parent = resolve_init_adapter(cfg)
+    init_path, parent = resolve_init_adapter(cfg, base_source)
     atomic_write_text(
         run_dir / "config.json",
         json.dumps(
