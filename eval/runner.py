@@ -42,7 +42,9 @@ class ModelInfo:
     def key(self) -> str:
         """What the cache is keyed by: the same weights under the same persona (and the same
         grounding, when the run asks for one)."""
-        way = {None: "", True: "|grounded", False: "|plain"}[self.grounded]
+        # ":2": since server/grounding.py drops the move hint when the corrector changes nothing,
+        # replies cached under the first grounded protocol are not reused
+        way = {None: "", True: "|grounded:2", False: "|plain"}[self.grounded]
         return f"{self.persona or '-'}|{self.adapter}|{self.root}{way}"
 
     @property

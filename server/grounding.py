@@ -12,6 +12,13 @@ never shown to the learner and never comes back in the history.
 
 A correction that rewrites too much of the sentence is not trusted: the tutor then answers
 without a note, as the ungrounded variant would.
+
+When the corrector leaves the sentence as it is, the requested scaffolding move (elicit, hint,
+...) is taken out of the tutor turn's system prompt: a move is a way to treat an error, and a
+learner who asked for elicitation and wrote a correct sentence should get a reply, not a prompt
+to fix what is right. The Mandarin adapters elicited on correct sentences with the move in the
+prompt even after the note said "correct" (docs/TRAINING.md); the trained data has the note
+without a move for half of its error-free turns, so this is an input the adapters know.
 """
 
 from __future__ import annotations
@@ -51,6 +58,19 @@ def plausible(utterance: str, correction: str) -> bool:
 def corrector_max_tokens(utterance: str) -> int:
     """Room for the sentence plus a few inserted words (CJK takes ~3 tokens a character)."""
     return min(256, 16 + 3 * len(utterance))
+
+
+def without_move_hint(variant: Variant, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages with the variant's scaffolding hints taken out of the leading system prompt
+    (``Variant.system_prompt`` joins persona, level, move and client text as paragraphs)."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    hints = {h.strip() for h in variant.scaffolding_hints.values()}
+    paragraphs = messages[0]["content"].split("\n\n")
+    kept = [p for p in paragraphs if p.strip() not in hints]
+    if len(kept) == len(paragraphs):
+        return messages
+    return [{**messages[0], "content": "\n\n".join(kept)}, *messages[1:]]
 
 
 def last_user_turn(messages: list[dict[str, str]]) -> str | None:
@@ -102,5 +122,8 @@ async def ground(
         return request, Grounding(correction, "rejected", None)
     note = variant.grounding_note(text, correction)
     outcome = "unchanged" if correction == text.strip() else "changed"
-    messages = [*request.messages, {"role": "system", "content": note}]
+    messages = list(request.messages)
+    if outcome == "unchanged":  # nothing to scaffold: no move hint
+        messages = without_move_hint(variant, messages)
+    messages = [*messages, {"role": "system", "content": note}]
     return replace(request, messages=messages), Grounding(correction, outcome, note)

@@ -97,6 +97,27 @@ def test_ground_puts_the_note_after_the_last_learner_turn(correction, outcome, n
         assert grounded.params == request.params and grounded.adapter == adapter
 
 
+@pytest.mark.parametrize(
+    ("correction", "hint_kept"),
+    [("Yesterday I went to the store.", True), (LEARNER, False)],
+)
+def test_a_sentence_the_corrector_leaves_gets_no_move_hint(correction, hint_kept) -> None:
+    """Elicit or hint only where there is an error: when the corrector returns the sentence as
+    it is, the requested move leaves the system prompt (persona, level, client text stay)."""
+    tutor = CATALOGUE.variants["tutor"]
+    system = tutor.system_prompt("elicitation", "beginner", "Be brief.")
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": LEARNER}]
+    request = GenerationRequest(messages, SamplingParams(max_tokens=50))
+    grounded, what = asyncio.run(ground(ScriptedCorrectorEngine(correction), request, tutor))
+    assert what.outcome == ("changed" if hint_kept else "unchanged")
+    sent = grounded.messages[0]["content"]
+    assert (tutor.scaffolding_hints["elicitation"] in sent) is hint_kept
+    if not hint_kept:
+        assert sent == tutor.system_prompt(None, "beginner", "Be brief.")
+    assert grounded.messages[1:-1] == messages[1:]  # the learner's turns as they were
+    assert request.messages[0]["content"] == system  # the caller's request is not modified
+
+
 @pytest.fixture(scope="module")
 def grounded_server(tutor_home, tiny_path, tiny_adapters, tmp_path_factory):
     """`tutor` (es adapter) grounded on request only, correcting itself; a catalogue copy where
