@@ -181,8 +181,33 @@ def _pool(spec: dict[str, Any], language: str, home: Path | None, exclude: set[s
     )
 
 
-def build_items(recipe: dict[str, Any], *, home: Path | None = None) -> list[SuiteItem]:
-    """The suite's items, a pure function of the recipe and the split."""
+def excluded_records(
+    recipe: dict[str, Any], *, home: Path | None = None, split_home: Path | None = None
+) -> tuple[set[str], dict[str, str]]:
+    """The record ids of the suites a recipe's ``exclude_suites`` names (``name@version``), and
+    each suite's items hash. A check suite leaves out every sentence the suites that chose a
+    version asked, so it measures that version on sentences nothing in the project saw."""
+    ids: set[str] = set()
+    hashes: dict[str, str] = {}
+    for ref in recipe.get("exclude_suites", []):
+        if "@" not in str(ref):
+            raise SuiteError(f"exclude_suites: {ref!r} needs a version (name@version)")
+        name, _, version = str(ref).partition("@")
+        try:
+            if int(version) not in built_versions(name, home):
+                build_suite(name, home=home, split_home=split_home)  # its version: checked below
+            suite = load_suite(ref, home=home)
+        except SuiteError as exc:
+            raise SuiteError(f"exclude_suites: cannot load {ref}: {exc}") from exc
+        ids |= {it.record_id for it in suite.items}
+        hashes[suite.ref] = suite.manifest["items_sha256"]
+    return ids, hashes
+
+
+def build_items(
+    recipe: dict[str, Any], *, home: Path | None = None, excluded: frozenset[str] = frozenset()
+) -> list[SuiteItem]:
+    """The suite's items, a pure function of the recipe, the split and the ``excluded`` records."""
     seed, name = recipe["seed"], recipe["name"]
     modes = list(recipe.get("modes", MODES))
     controls = float(recipe.get("controls", 0.2))
@@ -191,7 +216,7 @@ def build_items(recipe: dict[str, Any], *, home: Path | None = None) -> list[Sui
     items: list[SuiteItem] = []
     for language, spec in recipe["languages"].items():
         rng = random.Random(f"{seed}:{name}:{language}")
-        pool = _pool(spec, language, home, exclude)
+        pool = [r for r in _pool(spec, language, home, exclude) if r.id not in excluded]
         rng.shuffle(pool)
         n = int(spec["items"])
         n_ctl = round(n * controls)
@@ -292,7 +317,8 @@ def build_suite(
     recipe = load_recipe(recipe_path)
     home_p = Path(home).expanduser() if home else None
     split_home_p = Path(split_home).expanduser() if split_home else home_p
-    items = build_items(recipe, home=split_home_p)
+    excluded, excluded_hashes = excluded_records(recipe, home=home_p, split_home=split_home_p)
+    items = build_items(recipe, home=split_home_p, excluded=frozenset(excluded))
     text = _dump_items(items)
     split_manifest = split_dir(split_home_p) / "manifest.json"
     manifest = {
@@ -306,6 +332,7 @@ def build_suite(
             "manifest_sha256": sha256_file(split_manifest) if split_manifest.exists() else None,
         },
         "items_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "excluded_suites": excluded_hashes,
         "counts": {
             "items": len(items),
             "controls": sum(it.control for it in items),

@@ -131,3 +131,53 @@ def test_the_committed_recipes_load(tmp_path: Path, tutor_home: Path) -> None:
     counts = json.loads((suite.path / "manifest.json").read_text())["counts"]
     assert counts["by_language"] == {"en": 4, "es": 4, "zh": 4}
     assert suite.generation["max_tokens"] == 12
+
+
+def test_a_check_suite_leaves_out_every_record_of_the_suites_it_excludes(
+    tmp_path: Path, tutor_home: Path
+) -> None:
+    home = tmp_path / "h"
+    chosen = build_suite(_recipe(tmp_path), home=home, split_home=tutor_home)
+    check = build_suite(
+        _recipe(tmp_path, name="unit-check", exclude_suites=["unit@1"]),
+        home=home,
+        split_home=tutor_home,
+    )
+    assert len(check.items) == 30
+    assert not {it.record_id for it in check.items} & {it.record_id for it in chosen.items}
+    assert check.manifest["excluded_suites"] == {"unit@1": chosen.manifest["items_sha256"]}
+    with pytest.raises(SuiteError, match="name@version"):
+        build_suite(
+            _recipe(tmp_path, name="c2", exclude_suites=["unit"]), home=home, split_home=tutor_home
+        )
+    with pytest.raises(SuiteError, match="unit@9"):
+        build_suite(
+            _recipe(tmp_path, name="c3", exclude_suites=["unit@9"]),
+            home=home,
+            split_home=tutor_home,
+        )
+
+
+@pytest.mark.parametrize(
+    ("check", "chose"),
+    [
+        ("en-check", ["en@1"]),
+        ("es-l2-check", ["es-l2@1", "core@1"]),
+        ("es-heritage-check", ["es-heritage@1"]),
+        ("zh-check", ["zh-l2@1", "zh-heritage@1", "core@1"]),
+    ],
+)
+def test_the_committed_check_suites_share_no_sentence_with_the_choosing_suites(
+    check: str, chose: list[str], tmp_path: Path, tutor_home: Path
+) -> None:
+    """Built from the committed recipes (the excluded suites too, from theirs), each check suite
+    asks only learner sentences that none of the suites that chose a shipped version asked."""
+    suite = build_suite(check, home=tmp_path, split_home=tutor_home)
+    assert sorted(suite.manifest["excluded_suites"]) == sorted(chose)
+    mine = {it.record_id for it in suite.items}
+    texts = {it.utterance for it in suite.items}
+    for ref in chose:
+        other = load_suite(ref, home=tmp_path)
+        assert not mine & {it.record_id for it in other.items}, ref
+        assert not texts & {it.utterance for it in other.items}, ref
+    assert {it.source for it in suite.items} <= {"jfleg", "cowsl2h", "mucgec"}  # no L1 bank
