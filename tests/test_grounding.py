@@ -234,3 +234,25 @@ def test_grounded_needs_a_trained_adapter(grounded_server) -> None:
         )
         assert stream.headers["x-tutor-grounding"] in ("changed", "unchanged", "rejected")
         assert "".join(ch.choices[0].delta.content or "" for ch in stream.parse() if ch.choices)
+
+
+def test_a_named_corrector_is_on_the_card_and_in_the_eval_cache_key(grounded_server) -> None:
+    """`tutor-es-heritage` corrects with `tutor-zh-l2`'s adapter: its card says which version
+    writes the note, so eval caches its grounded replies apart from the same weights corrected
+    by themselves (a catalogue change of `corrector:` is never answered from the old cache)."""
+    from eval.runner import resolve_model
+
+    client = openai.OpenAI(base_url=f"{grounded_server}/v1", api_key="x", max_retries=0)
+    cards = {c.id: c.model_dump() for c in client.models.list().data}
+    heritage, zh, own = cards["tutor-es-heritage"], cards["tutor-zh-l2"], cards["tutor"]
+    assert heritage["metadata"]["corrector"] == zh["metadata"]["adapter"]
+    assert own["metadata"].get("corrector") is None  # corrects with its own adapter
+    with_other = resolve_model(heritage, "tutor-es-heritage")
+    assert with_other.corrector == zh["metadata"]["adapter"]
+    same_weights = resolve_model(
+        {**heritage, "metadata": {**heritage["metadata"], "corrector": None}}, "tutor-es-heritage"
+    )
+    assert with_other.key != same_weights.key
+    from dataclasses import replace
+
+    assert replace(with_other, grounded=False).key == replace(same_weights, grounded=False).key

@@ -18,6 +18,10 @@ router = APIRouter(dependencies=[Depends(requires("chat"))])
 async def model_cards(service: ChatService) -> list[ModelCard]:
     base = service.base_id
     cards = [ModelCard(id=base, created=service.created, root=service.base_source)]
+    correctors = {}  # a grounded turn's corrector, where the catalogue names another model
+    for v in service.catalogue.variants.values():
+        if v.corrector is not None:
+            correctors[v.id] = (await service.resolve(v.corrector)).adapter_label
     for v in service.catalogue.variants.values():
         target = await service.resolve(v.id)
         meta = {
@@ -26,6 +30,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
             "description": v.description,
             "adapter": target.adapter_label,
             "grounded": v.grounded,  # the default; a request's `grounded` overrides it
+            "corrector": correctors.get(v.id),
         }
         cards.append(
             ModelCard(id=v.id, created=service.created, parent=base, root=base, metadata=meta)
@@ -40,6 +45,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
                 "lineage_parent": ver.parent,
                 "source": ver.source,
                 "resident": ver.name in resident,
+                "corrector": correctors.get(ver.variant),
             }
             cards.append(
                 ModelCard(
