@@ -86,9 +86,11 @@ def expected_reply(smollm2_path, variant_id: str, learner: str) -> tuple[str, st
     ]
     outcome = None
     if variant.grounded:
+        # the catalogue may name another shipped variant to correct with
+        corrector = CATALOGUE.variants[variant.corrector] if variant.corrector else variant
         line = peft_reference(
             smollm2_path,
-            variant.shipped,
+            corrector.shipped,
             variant.corrector_messages(learner),
             corrector_max_tokens(learner),
         )
