@@ -125,17 +125,21 @@ def test_stage1_then_stage2_registered_served_and_exported(home: Path) -> None:
 
     shipped = home / "shipped" / "tutor"
     ship(reg, "tutor@2", shipped, base_id="tiny-qwen3", shipped_version=1)
-    from_shipped = run_sft(
-        _config(
-            home,
-            "tutor-es-l2",
-            train_es,
-            eval_es,
-            1,
-            f"lora.init_adapter={shipped}",
-            "run.name=es-from-shipped",
+
+    def stage2_from_shipped(run: str):
+        return run_sft(
+            _config(
+                home,
+                "tutor-es-l2",
+                train_es,
+                eval_es,
+                1,
+                f"lora.init_adapter={shipped}",
+                f"run.name={run}",
+            )
         )
-    )
+
+    from_shipped = stage2_from_shipped("es-from-shipped")
     assert from_shipped.versions == ["tutor-es-l2@2"]
     assert reg.get("tutor-es-l2@2").base_model == "tiny-qwen3"
     # ... and its lineage: the shipped folder is registered (once) and is the parent, so
@@ -144,17 +148,7 @@ def test_stage1_then_stage2_registered_served_and_exported(home: Path) -> None:
     assert parent.name == "tutor@3" and parent.source["shipped"] is True
     assert parent.sha256 == json.loads((shipped / "tutor-adapter.json").read_text())["sha256"]
     assert reg.alias("tutor") != "tutor@3"  # registering a parent moves no alias
-    again = run_sft(
-        _config(
-            home,
-            "tutor-es-l2",
-            train_es,
-            eval_es,
-            1,
-            f"lora.init_adapter={shipped}",
-            "run.name=es-from-shipped-again",
-        )
-    )
+    again = stage2_from_shipped("es-from-shipped-again")
     assert reg.get(again.versions[-1]).parent == "tutor@3"
     assert [v.name for v in reg.list("tutor")] == ["tutor@1", "tutor@2", "tutor@3"]
     es_manifest = ship(reg, "tutor-es-l2@2", home / "shipped" / "tutor-es-l2", base_id="tiny-qwen3")
