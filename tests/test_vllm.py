@@ -274,7 +274,11 @@ def test_client_disconnect_aborts_the_request_in_vllm(gateway):
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as s:
         lines = s.iter_lines()
         next(lines), next(lines)
-        assert _vllm_running(gateway) == 1
+        # vLLM's gauge is sampled, not instant: wait (briefly) to see the request running
+        seen = time.monotonic() + 5
+        while _vllm_running(gateway) != 1:
+            assert time.monotonic() < seen, "the streamed request never showed as running in vLLM"
+            time.sleep(0.05)
     deadline = time.monotonic() + 10  # 1500 tokens would take far longer than this
     while _vllm_running(gateway) != 0:
         assert time.monotonic() < deadline, "vLLM kept generating for a client that left"
