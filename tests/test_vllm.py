@@ -258,31 +258,42 @@ def test_invalid_adapters_never_reach_vllm(gateway, world, tiny_path, tmp_path):
     )
 
 
-def _vllm_running(gateway) -> float:
+def _vllm_sum(gateway, name: str) -> float:
+    """The sum over labels of one of vLLM's own Prometheus series."""
     port = gateway["settings"].vllm_port
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("vllm:num_requests_running")
+        if line.startswith((f"{name}{{", f"{name} "))
     )
 
 
 def test_client_disconnect_aborts_the_request_in_vllm(gateway):
-    url = gateway["url"]
-    body = {"model": "tutor-zh-l2", "messages": LEARNER, "max_tokens": 1500, "stream": True}
+    """A learner who closes the tab must not leave vLLM generating.
+
+    vLLM counts a request in ``request_success`` only when it ends by itself (stop or length);
+    an aborted one never is. So: tokens were made, fewer than asked, nothing finished, and
+    nothing is running any more. A fast engine that finished all tokens first fails this, and
+    says so, instead of passing for the wrong reason.
+    """
+    url, asked = gateway["url"], 1500
+    finished = _vllm_sum(gateway, "vllm:request_success_total")
+    made_before = _vllm_sum(gateway, "vllm:generation_tokens_total")
+    body = {"model": "tutor-zh-l2", "messages": LEARNER, "max_tokens": asked, "stream": True}
+    started = time.monotonic()
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as s:
         lines = s.iter_lines()
         next(lines), next(lines)
-        # vLLM's gauge is sampled, not instant: wait (briefly) to see the request running
-        seen = time.monotonic() + 5
-        while _vllm_running(gateway) != 1:
-            assert time.monotonic() < seen, "the streamed request never showed as running in vLLM"
-            time.sleep(0.05)
-    deadline = time.monotonic() + 10  # 1500 tokens would take far longer than this
-    while _vllm_running(gateway) != 0:
+    left = time.monotonic() - started
+    deadline = time.monotonic() + 10
+    while _vllm_sum(gateway, "vllm:num_requests_running") != 0:
         assert time.monotonic() < deadline, "vLLM kept generating for a client that left"
         time.sleep(0.1)
+    made = _vllm_sum(gateway, "vllm:generation_tokens_total") - made_before
+    ends = _vllm_sum(gateway, "vllm:request_success_total") - finished
+    assert ends == 0, f"the request ran to its end ({made:.0f} tokens) instead of being aborted"
+    assert 0 < made < asked, (made, left)
 
 
 def test_killing_vllm_gives_503_then_recovers(gateway, world):
