@@ -167,7 +167,8 @@ def compare(
 def select(
     variant: Annotated[list[str] | None, typer.Option(help="variants (default: all five)")] = None,
     candidate: Annotated[
-        str | None, typer.Option(help="the version to try (default: the variant's newest)")
+        str | None,
+        typer.Option(help="the version to try (default: the variant's newest trained one)"),
     ] = None,
     suite: Annotated[
         str | None, typer.Option(help="the suite (default: the variant's own, e.g. es-l2)")

@@ -1,14 +1,15 @@
 """``tutor eval select``: the eval-and-registration step after training, one variant at a time.
 
-For each variant: its newest registered version (or one named) is asked on the variant's own
-suite twice, as the single adapter (``~plain``) and as a grounded recast (``~grounded``), next
-to the base model under the same persona (``<variant>@base``), all through one gateway. Each way
-is put through the ship gate (eval/gate.py) against the base; of the ways that pass, the best
-pedagogy score wins, and within the comparison's tolerance the plain way (no corrector turn, so
-a first token several times sooner). The winning version is promoted in the registry, and the
-summary says which way to serve (the catalogue's ``grounded:``). Nothing is promoted when no way
-passes. Committing a version as the shipped default stays a person's step (``tutor adapters
-ship``), taken only when this says it wins.
+For each variant: its newest trained version (not one registered from the shipped set), or one
+named, is asked on the variant's own suite twice, as the single adapter (``~plain``) and as a
+grounded recast (``~grounded``), next to the base model under the same persona
+(``<variant>@base``), all through one gateway. Each way is put through the ship gate
+(eval/gate.py) against the base; of the ways that pass, the best pedagogy score wins, and within
+the comparison's tolerance the plain way (no corrector turn, so a first token several times
+sooner). The winning version is promoted in the registry, and the summary says which way to
+serve (the catalogue's ``grounded:``). Nothing is promoted when no way passes. Committing a
+version as the shipped default stays a person's step (``tutor adapters ship``), taken only when
+this says it wins.
 
 The gateway is the one at ``base_url``, or one started here (``tutor serve`` as a child process
 on a free port, vLLM in float32) and stopped afterwards.
@@ -108,10 +109,18 @@ def eval_summary(
 
 
 def candidate_of(registry: Any, variant: str) -> str:
+    """The variant's newest trained version: the one ``tutor train all`` just registered.
+
+    A gateway registers the repository's shipped adapters when it starts, and ``select``
+    starts one after training, so on a fresh home the shipped set would otherwise be the newest
+    versions and be asked in place of what was trained. It is asked only when nothing else is
+    registered (or when named with ``--candidate``).
+    """
     versions = registry.list(variant)
     if not versions:
         raise ValueError(f"{variant} has no registered version to evaluate")
-    return versions[-1].name
+    trained = [v for v in versions if not (v.source or {}).get("shipped")]
+    return (trained or versions)[-1].name
 
 
 def select_variant(

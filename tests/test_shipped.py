@@ -109,6 +109,25 @@ def test_registration_is_idempotent_keeps_lineage_and_respects_promotions(
     assert len(registry.list("tutor")) == 2
 
 
+def test_select_asks_what_was_trained_not_the_shipped_set_registered_after_it(
+    shipped_catalogue: Path, tiny_path: Path, tmp_path: Path
+) -> None:
+    """`make adapters` on a fresh home: training registers tutor@1, then `tutor eval select`
+    starts a gateway, which registers the shipped folder as tutor@2. Select must ask tutor@1."""
+    from eval.select import candidate_of
+
+    registry = Registry(tmp_path / "r.sqlite", store=tmp_path / "rstore", roots=[tmp_path])
+    trained = make_random_adapter(tiny_path, tmp_path / "trained", seed=21)
+    own = registry.add(
+        trained, variant="tutor", base_model=str(tiny_path), max_rank=16, source={"run": "s1"}
+    )
+    regs = {r.variant: r for r in _register(shipped_catalogue, registry, tiny_path)}
+    assert regs["tutor"].version == "tutor@2" and registry.list("tutor")[-1].name == "tutor@2"
+    assert candidate_of(registry, "tutor") == own.name
+    # with nothing trained, the shipped version is what there is to ask
+    assert candidate_of(registry, "tutor-es-l2") == regs["tutor-es-l2"].version
+
+
 def test_a_new_shipped_set_replaces_an_old_shipped_alias_only(
     shipped_catalogue: Path, tiny_path: Path, tmp_path: Path
 ) -> None:
