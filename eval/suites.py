@@ -6,6 +6,11 @@ the generation settings. ``build_suite`` turns it into versioned files under
 ``$TUTOR_HOME/eval/suites/<name>@<version>/`` (``items.jsonl`` + ``manifest.json``), written into a
 temporary folder and renamed into place. The same recipe and split give the same bytes; a
 different build under an existing version is refused (bump ``version`` instead).
+
+A recipe may grow an earlier version instead of replacing it: ``extends: 1`` says that version 1
+is this recipe without its per-language ``extra_controls``. Extra controls are appended after
+the earlier items, so those stay byte-identical (and their cached replies stay valid), and a
+suite that names ``<name>@1`` (a check suite's ``exclude_suites``) still builds on a fresh home.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import random
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +125,29 @@ def load_recipe(path: Path | str) -> dict[str, Any]:
         raise SuiteError(f"{p}: modes must be among {', '.join(MODES)}")
     if not 0 <= float(recipe.get("controls", 0.2)) < 1:
         raise SuiteError(f"{p}: controls is a share in [0, 1)")
+    if "extends" in recipe and not 0 < int(recipe["extends"]) < int(recipe["version"]):
+        raise SuiteError(f"{p}: extends names an earlier version than {recipe['version']}")
     return recipe
+
+
+def earlier_version(recipe: dict[str, Any], version: int) -> dict[str, Any]:
+    """The recipe of ``version``: this one, or the version it ``extends`` (itself without the
+    extra controls). Other versions are not reconstructible from the committed file."""
+    if version == int(recipe["version"]):
+        return recipe
+    if version != int(recipe.get("extends", 0)):
+        raise SuiteError(
+            f"{recipe['name']}@{version}: the recipe builds version {recipe['version']}"
+            + (f" and {recipe['extends']}" if "extends" in recipe else "")
+            + " only"
+        )
+    older = {k: v for k, v in recipe.items() if k != "extends"}
+    older["version"] = version
+    older["languages"] = {
+        lang: {k: v for k, v in spec.items() if k != "extra_controls"}
+        for lang, spec in recipe["languages"].items()
+    }
+    return older
 
 
 def suites_dir(home: Path | str | None = None) -> Path:
@@ -195,7 +222,7 @@ def excluded_records(
         name, _, version = str(ref).partition("@")
         try:
             if int(version) not in built_versions(name, home):
-                build_suite(name, home=home, split_home=split_home)  # its version: checked below
+                build_suite(name, home=home, split_home=split_home, version=int(version))
             suite = load_suite(ref, home=home)
         except SuiteError as exc:
             raise SuiteError(f"exclude_suites: cannot load {ref}: {exc}") from exc
@@ -283,10 +310,45 @@ def build_items(
                     level=spec.get("level"),
                 )
             items.append(item)
+        items += _extra_controls(
+            [it for it in items if it.language == language and not it.control],
+            int(spec.get("extra_controls", 0)),
+            modes,
+            random.Random(f"{seed}:{name}:{language}:extra"),
+        )
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise SuiteError("duplicate item ids: a record was drawn twice")
     return items
+
+
+def _extra_controls(
+    errors: list[SuiteItem], n: int, modes: list[str], rng: random.Random
+) -> list[SuiteItem]:
+    """``n`` single-turn controls: the gold corrections of ``n`` of the suite's own error items.
+
+    The held-out pool is small (88 usable MuCGEC records), and a suite with 6 controls lets one
+    reply decide the over-correction gate. A gold correction is an error-free sentence a learner
+    of that level wrote (once corrected); the cost is that it is the twin of an error item the
+    same model also answers, in a separate request. Their own seeded stream, so the earlier
+    items do not move."""
+    if n > len(errors):
+        raise SuiteError(f"extra_controls: {n} wanted, {len(errors)} error items to draw from")
+    picked = sorted(rng.sample(range(len(errors)), n))
+    ctl_modes = _interleaved_modes(n, modes, rng)
+    return [
+        replace(
+            errors[i],
+            id=f"{errors[i].id}:ctl",
+            utterance=errors[i].correction,
+            corrections=(errors[i].correction,),
+            category="none",
+            mode=mode,
+            control=True,
+            context=(),
+        )
+        for i, mode in zip(picked, ctl_modes, strict=True)
+    ]
 
 
 def _counts(values: list[str]) -> dict[str, int]:
@@ -307,14 +369,18 @@ def build_suite(
     *,
     home: Path | str | None = None,
     split_home: Path | str | None = None,
+    version: int | None = None,
 ) -> Suite:
     """Build (or find, when already built identically) ``<name>@<version>`` from a recipe.
 
     ``split_home`` is where the fixed split lives (default: ``home``); suites go to ``home``.
+    ``version``: the recipe's own (default) or the one it ``extends``.
     """
     from train.data import sha256_file, split_dir
 
     recipe = load_recipe(recipe_path)
+    if version is not None:
+        recipe = earlier_version(recipe, int(version))
     home_p = Path(home).expanduser() if home else None
     split_home_p = Path(split_home).expanduser() if split_home else home_p
     excluded, excluded_hashes = excluded_records(recipe, home=home_p, split_home=split_home_p)
@@ -383,20 +449,28 @@ def built_versions(name: str, home: Path | str | None = None) -> list[int]:
 
 
 def load_suite(ref: str | Path, *, home: Path | str | None = None) -> Suite:
-    """A built suite by ``name@version``, ``name`` (its latest version; built from the recipe
-    in eval/suites/ when none is), or a folder."""
+    """A built suite by ``name@version``, ``name`` or a folder.
+
+    A bare ``name`` with a committed recipe in eval/suites/ is that recipe's version (built when
+    missing), so a home that built an older version moves on when the recipe does; without
+    one, the latest built version. A missing version the committed recipe can build is built."""
     p = Path(ref)
     if p.is_dir() and (p / "manifest.json").exists():
         folder = p
     else:
         name, _, version = str(ref).partition("@")
+        committed = (RECIPES / f"{name}.yaml").exists()
+        if not version and committed:
+            version = str(load_recipe(name)["version"])
         if not version:
             versions = built_versions(name, home)
             if not versions:
-                return build_suite(name, home=home)
+                raise SuiteError(f"no built suite {name} under {suites_dir(home)}")
             version = str(versions[-1])
         folder = suites_dir(home) / f"{name}@{version}"
         if not (folder / "manifest.json").exists():
+            if committed and version.isdigit():
+                return build_suite(name, home=home, version=int(version))
             raise SuiteError(f"no built suite {name}@{version} under {suites_dir(home)}")
     manifest = json.loads((folder / "manifest.json").read_text())
     text = (folder / "items.jsonl").read_text(encoding="utf-8")

@@ -181,3 +181,73 @@ def test_the_committed_check_suites_share_no_sentence_with_the_choosing_suites(
         assert not mine & {it.record_id for it in other.items}, ref
         assert not texts & {it.utterance for it in other.items}, ref
     assert {it.source for it in suite.items} <= {"jfleg", "cowsl2h", "mucgec"}  # no L1 bank
+
+
+def test_extra_controls_grow_a_suite_and_leave_the_earlier_version_as_it_was(
+    tmp_path: Path, tutor_home: Path
+) -> None:
+    """Version 2 = version 1 plus single-turn controls made from its own error items' gold
+    corrections; version 1 still builds from the same file, byte for byte as before."""
+    home = tmp_path / "h"
+    v1 = build_suite(_recipe(tmp_path), home=home, split_home=tutor_home)
+    languages = {lang: {**spec, "extra_controls": 4} for lang, spec in RECIPE["languages"].items()}
+    grown = _recipe(tmp_path, version=2, extends=1, languages=languages)
+    v2 = build_suite(grown, home=home, split_home=tutor_home)
+    assert v2.ref == "unit@2" and len(v2.items) == 30 + 3 * 4
+    assert [it for it in v2.items if it in v1.items] == v1.items  # all there, in their order
+    # the earlier version rebuilt from the grown recipe is the one built before
+    again = build_suite(grown, home=tmp_path / "fresh", split_home=tutor_home, version=1)
+    assert again.manifest["items_sha256"] == v1.manifest["items_sha256"]
+    errors = {it.id: it for it in v1.items if not it.control}
+    extras = [it for it in v2.items if it not in v1.items]
+    for lang in ("en", "es", "zh"):
+        mine = [it for it in extras if it.language == lang]
+        assert len(mine) == 4
+        assert sorted(it.mode for it in mine) == sorted(RECIPE["modes"])  # one of each
+        assert sum(it.control for it in v2.items if it.language == lang) == 2 + 4
+    for it in extras:
+        twin = errors[it.id.removesuffix(":ctl")]  # the error item it is the correction of
+        assert it.control and it.category == "none" and not it.context
+        assert it.utterance == twin.correction != twin.utterance
+        assert it.corrections == (twin.correction,)
+        assert it.record_id == twin.record_id
+    assert len({it.id for it in v2.items}) == len(v2.items)
+    # versions the file cannot build, and more extras than error items, are refused
+    with pytest.raises(SuiteError, match="version 2 and 1 only"):
+        build_suite(grown, home=home, split_home=tutor_home, version=3)
+    with pytest.raises(SuiteError, match="extends"):
+        build_suite(_recipe(tmp_path, version=2, extends=2), home=home)
+    too_many = {lang: {**spec, "extra_controls": 9} for lang, spec in languages.items()}
+    with pytest.raises(SuiteError, match="9 wanted, 8 error items"):
+        build_suite(
+            _recipe(tmp_path, name="u3", version=2, extends=1, languages=too_many),
+            home=home,
+            split_home=tutor_home,
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "items", "controls"),
+    [
+        ("en", 84, 36),
+        ("es-l2", 48, 24),
+        ("es-heritage", 48, 24),
+        ("zh-l2", 48, 24),
+        ("zh-heritage", 48, 24),
+        ("en-check", 56, 24),
+        ("es-l2-check", 48, 24),
+        ("es-heritage-check", 48, 24),
+        ("zh-check", 38, 19),
+    ],
+)
+def test_the_committed_suites_are_version_2_and_keep_version_1_inside(
+    name: str, items: int, controls: int, tmp_path: Path, tutor_home: Path
+) -> None:
+    """A bare name is the committed recipe's version, built on a fresh home; version 1 (what
+    the shipped manifests were chosen on) is still there, item for item, inside it."""
+    v2 = build_suite(name, home=tmp_path, split_home=tutor_home)
+    assert load_suite(name, home=tmp_path).ref == f"{name}@2"
+    assert len(v2.items) == items and sum(it.control for it in v2.items) == controls
+    v1 = build_suite(name, home=tmp_path, split_home=tutor_home, version=1)
+    assert v1.ref == f"{name}@1"
+    assert v2.items[: len(v1.items)] == v1.items
