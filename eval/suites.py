@@ -221,9 +221,7 @@ def excluded_records(
             raise SuiteError(f"exclude_suites: {ref!r} needs a version (name@version)")
         name, _, version = str(ref).partition("@")
         try:
-            if int(version) not in built_versions(name, home):
-                build_suite(name, home=home, split_home=split_home, version=int(version))
-            suite = load_suite(ref, home=home)
+            suite = load_suite(ref, home=home, split_home=split_home)  # built if missing
         except SuiteError as exc:
             raise SuiteError(f"exclude_suites: cannot load {ref}: {exc}") from exc
         ids |= {it.record_id for it in suite.items}
@@ -448,12 +446,15 @@ def built_versions(name: str, home: Path | str | None = None) -> list[int]:
     return sorted(found)
 
 
-def load_suite(ref: str | Path, *, home: Path | str | None = None) -> Suite:
+def load_suite(
+    ref: str | Path, *, home: Path | str | None = None, split_home: Path | str | None = None
+) -> Suite:
     """A built suite by ``name@version``, ``name`` or a folder.
 
     A bare ``name`` with a committed recipe in eval/suites/ is that recipe's version (built when
     missing), so a home that built an older version moves on when the recipe does; without
-    one, the latest built version. A missing version the committed recipe can build is built."""
+    one, the latest built version. A missing version the committed recipe can build is built
+    (from the split in ``split_home``, default ``home``)."""
     p = Path(ref)
     if p.is_dir() and (p / "manifest.json").exists():
         folder = p
@@ -470,7 +471,7 @@ def load_suite(ref: str | Path, *, home: Path | str | None = None) -> Suite:
         folder = suites_dir(home) / f"{name}@{version}"
         if not (folder / "manifest.json").exists():
             if committed and version.isdigit():
-                return build_suite(name, home=home, version=int(version))
+                return build_suite(name, home=home, split_home=split_home, version=int(version))
             raise SuiteError(f"no built suite {name}@{version} under {suites_dir(home)}")
     manifest = json.loads((folder / "manifest.json").read_text())
     text = (folder / "items.jsonl").read_text(encoding="utf-8")

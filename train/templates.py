@@ -260,8 +260,9 @@ NATURAL_REACTIONS_NO_ECHO = {
 SELF_REPAIR = {"en": ["Oh, {c}", "{c}", "Ah, {c}"], "es": ["Ah, {c}", "{c}", "Ah, vale: {c}"]}
 SELF_REPAIR["zh"] = ["哦，{c}", "{c}", "啊，{c}"]
 
-# Share of error-free turns answered with an echo. Mandarin Stage 2 sets use 0: tutor-zh-l2@4,
-# trained with echoes, answered 3 of 6 correct sentences with a repeat-and-prompt (docs/TRAINING.md).
+# Share of error-free turns answered with an echo. The Mandarin and tutor-es-l2 Stage 2 sets use 0:
+# tutor-zh-l2@4, trained with echoes, answered 3 of 6 correct sentences with a repeat-and-prompt
+# (docs/TRAINING.md).
 NATURAL_ECHO_SHARE = 0.3
 
 MAX_ECHO_TOKENS = {"en": 18, "es": 18, "zh": 28}
