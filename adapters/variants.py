@@ -49,6 +49,20 @@ class Variant:
             return self.grounding["correct"]
         return self.grounding["meant"].format(correction=correction.strip())
 
+    def without_move_hint(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The messages with the scaffolding hints taken out of the leading system prompt
+        (``system_prompt`` joins persona, level, move and client text as paragraphs). The
+        gateway does this when the corrector finds nothing to correct (server/grounding.py), and
+        train/ renders the same prompt for a job that trains on it."""
+        if not messages or messages[0]["role"] != "system":
+            return messages
+        hints = {h.strip() for h in self.scaffolding_hints.values()}
+        paragraphs = messages[0]["content"].split("\n\n")
+        kept = [p for p in paragraphs if p.strip() not in hints]
+        if len(kept) == len(paragraphs):
+            return messages
+        return [{**messages[0], "content": "\n\n".join(kept)}, *messages[1:]]
+
     def system_prompt(
         self, scaffolding: str | None = None, level: str | None = None, client: str = ""
     ) -> str:

@@ -60,19 +60,6 @@ def corrector_max_tokens(utterance: str) -> int:
     return min(256, 16 + 3 * len(utterance))
 
 
-def without_move_hint(variant: Variant, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The messages with the variant's scaffolding hints taken out of the leading system prompt
-    (``Variant.system_prompt`` joins persona, level, move and client text as paragraphs)."""
-    if not messages or messages[0]["role"] != "system":
-        return messages
-    hints = {h.strip() for h in variant.scaffolding_hints.values()}
-    paragraphs = messages[0]["content"].split("\n\n")
-    kept = [p for p in paragraphs if p.strip() not in hints]
-    if len(kept) == len(paragraphs):
-        return messages
-    return [{**messages[0], "content": "\n\n".join(kept)}, *messages[1:]]
-
-
 def last_user_turn(messages: list[dict[str, str]]) -> str | None:
     if messages and messages[-1]["role"] == "user":
         return messages[-1]["content"]
@@ -124,6 +111,6 @@ async def ground(
     outcome = "unchanged" if correction == text.strip() else "changed"
     messages = list(request.messages)
     if outcome == "unchanged":  # nothing to scaffold: no move hint
-        messages = without_move_hint(variant, messages)
+        messages = variant.without_move_hint(messages)
     messages = [*messages, {"role": "system", "content": note}]
     return replace(request, messages=messages), Grounding(correction, outcome, note)

@@ -290,7 +290,39 @@ def test_natural_echo_zero_answers_every_control_with_a_reaction(
     assert all(starts["none"])
     assert 5 < starts["dflt"].count(False) < 35  # about 30% echoed
     unset = GenJob(name="x", **base)
-    older = {k: v for k, v in asdict(unset).items() if k != "natural_echo"}  # before the option
+    later = ("natural_echo", "note_drops_move")  # options added after the first sets
+    older = {k: v for k, v in asdict(unset).items() if k not in later}
     older_hash = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:16]
     assert unset.plan_hash() == older_hash
     assert GenJob(name="x", natural_echo=0.0, **base).plan_hash() != older_hash
+
+
+def test_note_drops_move_renders_the_prompt_the_gateway_sends(
+    split_home: Path, tmp_path: Path
+) -> None:
+    """With ``note_drops_move`` an error-free turn with the "correct" note has no move hint in its
+    system prompt, which is what server/grounding.py sends when its corrector changes nothing;
+    without it the hint stays beside the note (the older sets); the option is in the plan hash."""
+    from adapters.variants import Catalogue
+    from server.settings import DEFAULT_CATALOGUE
+
+    variant = Catalogue.load(DEFAULT_CATALOGUE).variants["tutor-zh-l2"]
+    hints = {h.strip() for h in variant.scaffolding_hints.values()}
+    base = {"source": "mucgec", "variant": "tutor-zh-l2", "derive": "controls", "limit": 80,
+            "grounded": 1.0}  # fmt: skip
+    hinted: dict[str, int] = {}
+    for name, drops in (("kept", None), ("drops", True)):
+        job = GenJob(name=name, note_drops_move=drops, **base)
+        res = generate_dialogues(job, tmp_path / f"{name}.jsonl", home=split_home, progress=False)
+        rows = list(read_jsonl(res.path))
+        assert len(rows) == 80
+        assert all(r["messages"][-2]["content"] == variant.grounding["correct"] for r in rows)
+        hinted[name] = sum(
+            any(p.strip() in hints for p in r["messages"][0]["content"].split("\n\n")) for r in rows
+        )
+        for r in rows:  # the persona itself is never cut
+            assert r["messages"][0]["content"].startswith(variant.persona.strip())
+    assert hinted["drops"] == 0
+    assert 20 < hinted["kept"] < 60  # half of the error-free turns come with a move hint
+    plain = GenJob(name="x", **base).plan_hash()
+    assert GenJob(name="x", note_drops_move=True, **base).plan_hash() != plain

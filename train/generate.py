@@ -53,12 +53,16 @@ class GenJob:
     task: str = "tutor"  # tutor: a dialogue | correct: the corrector turn (sentence -> corrected)
     grounded: float = 0.0  # share of tutor dialogues whose last learner turn has the hidden note
     natural_echo: float | None = None  # share of error-free turns echoed (None: the template's)
+    # the note "... is correct" with the move hint taken out of the system prompt, as the gateway
+    # sends it (None/False: the hint stays, as in the sets the shipped adapters were trained on)
+    note_drops_move: bool | None = None
     seed: int = 0
 
     def plan_hash(self) -> str:
         fields = asdict(self)
-        if fields["natural_echo"] is None:  # added later: unset keeps older jobs' hashes
-            del fields["natural_echo"]
+        for later in ("natural_echo", "note_drops_move"):  # added later: unset keeps old hashes
+            if fields[later] is None:
+                del fields[later]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -328,7 +332,13 @@ def _ground(job: GenJob, key: str, messages: list[dict[str, str]], turn: Turn) -
     meant, or that the sentence is right) after the last learner turn, as serving does."""
     if job.grounded <= 0 or stable_fraction(f"grounded:{key}") >= job.grounded:
         return False
-    note = _variant(job.variant).grounding_note(turn.utterance, turn.correction)
+    variant = _variant(job.variant)
+    note = variant.grounding_note(turn.utterance, turn.correction)
+    # single-turn only: an earlier tutor turn in the history made the move it was asked for, and
+    # training it under a prompt without the move would teach moves nobody asked for
+    single = sum(m["role"] == "user" for m in messages) == 1
+    if job.note_drops_move and single and note == variant.grounding["correct"]:
+        messages[:] = variant.without_move_hint(messages)
     messages.append({"role": "system", "content": note})
     return True
 
