@@ -160,3 +160,18 @@ def test_a_fresh_home_serves_every_shipped_variant_as_peft_does(fresh_gateway, s
     assert sorted(before) == sorted(f"{v}@1" for v in SHIPPED)
     assert all(read_manifest(v.shipped)["sha256"] for v in SHIPPED.values())
     assert all((v.shipped / MANIFEST).is_file() for v in SHIPPED.values())
+
+
+@pytest.mark.slow
+def test_the_readme_opening_replies_are_what_a_fresh_home_answers(fresh_gateway):
+    """Every row of the README's opening table is what `python -m deploy.samples` prints against
+    a fresh registry: the shipped adapters' own replies, headers included, not written by hand."""
+    from deploy.samples import ASK, rows
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    head = readme.index("| model | learner | reply | `x-tutor-adapter`, `x-tutor-grounding` |")
+    end = readme.index("", head)
+    table = readme[head + 2 : end]  # after the header and its |---| line, to the blank line
+    assert len(table) == len(ASK)
+    got = [row for row, _seconds in rows(fresh_gateway["url"])]
+    assert got == table
