@@ -357,7 +357,8 @@ async def make_dialogue(job: GenJob, item: PlanItem, generator: Any) -> dict[str
     grounded = False
     if not item.multi:
         grounded = _ground(job, key, messages, turns[0])
-    ctx = DialogueContext(key, language, system, _history(messages), turns[0], echo)
+    # the prompt as trained: a "correct" note may have taken the move out (note_drops_move)
+    ctx = DialogueContext(key, language, messages[0]["content"], _history(messages), turns[0], echo)
     messages.append({"role": "assistant", "content": await generator.reply(ctx)})
     if item.multi:
         if item.follow is not None:  # the learner goes on, with a new error
