@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from server.model_store import resolve_model
 from server.routes import admin, chat, health, models
 from server.serving import ChatService
 from server.settings import Settings
+from server.timing import ARRIVAL
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,19 @@ class CollapseSlashes:
         if scope["type"] == "http" and "//" in scope["path"]:
             path = re.sub(r"/{2,}", "/", scope["path"])
             scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
+
+
+class ArrivalClock:
+    """ASGI middleware: stamp the request's arrival before its body is read or validated, so the
+    gateway's own time in ``Server-Timing`` counts the parsing too (server/timing.py)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope[ARRIVAL] = time.perf_counter()
         await self.app(scope, receive, send)
 
 
@@ -142,10 +157,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 "x-tutor-variant",
                 "x-tutor-adapter",
                 "x-tutor-grounding",
+                "server-timing",
                 "retry-after",
             ],
         )
     app.add_middleware(CollapseSlashes)
+    app.add_middleware(ArrivalClock)  # added last: the outermost layer, the first to run
     for router in (chat.router, models.router, health.router):
         app.include_router(router)
     if app.state.keys.has_admin:  # no admin key, no admin API at all

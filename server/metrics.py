@@ -8,6 +8,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# The phases of the first token run from the gateway's own ~1 ms to a corrector turn's seconds.
+_PHASE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
 
 class _Memo:
@@ -53,16 +55,24 @@ class Metrics:
         )
         self.latency = Histogram(
             "tutor_request_latency_seconds",
-            "Time to the last token",
+            "Time to the last token, from the request's arrival",
             ["variant"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "tutor_time_to_first_token_seconds",
-            "Time to the first token",
+            "Time to the first token, from the request's arrival: what the learner waits for",
             ["variant"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft_phase = Histogram(
+            "tutor_ttft_phase_seconds",
+            "The time to first token by phase (gw, queue, adapter, ground, upstream; they add up "
+            "to tutor_time_to_first_token_seconds): server/timing.py",
+            ["variant", "phase"],
+            buckets=_PHASE_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(

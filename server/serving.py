@@ -27,6 +27,7 @@ from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
 from server.settings import Settings
 from server.tasks import task_model
+from server.timing import Timing
 
 log = logging.getLogger(__name__)
 
@@ -223,34 +224,50 @@ class ChatService:
         return ([{"role": "system", "content": system}] if system else []) + turns
 
     async def generate(
-        self, target: Target, request: GenerationRequest
+        self, target: Target, request: GenerationRequest, timing: Timing | None = None
     ) -> AsyncIterator[TextDelta]:
-        """The engine's deltas, timed and counted; the single path for every reply."""
+        """The engine's deltas, timed and counted; the single path for every reply.
+
+        The first delta carries the request's :class:`Timing` in ``extra["timing"]``: where the
+        wait for it went (server/timing.py), for the ``Server-Timing`` header.
+        """
         m, label = self.metrics, target.model_id
-        start = time.perf_counter()
+        timing = timing or Timing()
         first = True
         status = "error"
         m.in_flight.labels(label).inc()
         try:
-            async with self.gate.slot(label), self._holding(request.adapter) as load_s:
-                grounding = None
-                if target.grounded and target.variant is not None:
+            t0 = time.perf_counter()
+            async with self.gate.slot(label):
+                t1 = time.perf_counter()
+                timing.queue = t1 - t0
+                async with self._holding(request.adapter) as load_s:
                     t0 = time.perf_counter()
-                    request, grounding = await self._ground(target.variant, request)
-                    m.grounding.labels(label, grounding.outcome).observe(time.perf_counter() - t0)
-                async for delta in self.engine.generate(request):
-                    if first:
-                        m.ttft.labels(label).observe(time.perf_counter() - start)
-                        first = False
-                        if load_s is not None:
-                            delta.extra["adapter_load_s"] = load_s
-                        if grounding is not None:
-                            delta.extra["grounding"] = grounding.outcome
-                    if delta.finish_reason is not None:
-                        m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)
-                        m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
-                        status = "ok"
-                    yield delta
+                    timing.adapter = t0 - t1
+                    grounding = None
+                    if target.grounded and target.variant is not None:
+                        request, grounding = await self._ground(target.variant, request)
+                        t1 = time.perf_counter()
+                        timing.ground = t1 - t0
+                        m.grounding.labels(label, grounding.outcome).observe(timing.ground)
+                        t0 = t1
+                    async for delta in self.engine.generate(request):
+                        if first:
+                            first = False
+                            timing.first = time.perf_counter()
+                            timing.upstream = timing.first - t0
+                            self._observe_first_token(label, timing)
+                            delta.extra["timing"] = timing
+                            if load_s is not None:
+                                delta.extra["adapter_load_s"] = load_s
+                            if grounding is not None:
+                                delta.extra["grounding"] = grounding.outcome
+                        if delta.finish_reason is not None:
+                            timing.last = time.perf_counter()
+                            m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)
+                            m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
+                            status = "ok"
+                        yield delta
         except (GeneratorExit, asyncio.CancelledError):  # the client went away
             if status != "ok":
                 status = "cancelled"
@@ -258,7 +275,13 @@ class ChatService:
         finally:
             m.in_flight.labels(label).dec()
             m.requests.labels(label, status).inc()
-            m.latency.labels(label).observe(time.perf_counter() - start)
+            m.latency.labels(label).observe(time.perf_counter() - timing.start)
+
+    def _observe_first_token(self, label: str, timing: Timing) -> None:
+        """The learner's wait, from the request's arrival, and its phases."""
+        self.metrics.ttft.labels(label).observe(timing.ttft)
+        for phase, seconds in timing.phases().items():
+            self.metrics.ttft_phase.labels(label, phase).observe(seconds)
 
     async def _ground(
         self, variant: Variant, request: GenerationRequest

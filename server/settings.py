@@ -104,8 +104,17 @@ class Settings(BaseSettings):
     )
     vllm_port: int = 8100
     vllm_max_loras: int = Field(default=4, description="vLLM --max-loras: adapters per batch.")
-    vllm_dtype: str = Field(default="auto", description="vLLM --dtype (float32 matches PEFT).")
+    vllm_dtype: str = Field(
+        default="auto",
+        description="vLLM --dtype. auto: float32 on a CPU without native bf16, bfloat16 on one "
+        "with it, vLLM's own choice on a GPU (server/hardware.py). float32 matches PEFT.",
+    )
     vllm_max_model_len: int = 4096
+    vllm_block_size: int | None = Field(
+        default=None,
+        description="vLLM --block-size (tokens per KV block, the unit of prefix caching). Unset: "
+        "32 on CPU, where vLLM's 128 is longer than a persona; vLLM's default on a GPU.",
+    )
     vllm_extra_args: list[str] = Field(default_factory=list)
     vllm_start_timeout: float = 300.0
     max_context: int = 4096

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import httpx
 import openai
 import pytest
 
 from server.app import create_app
+from server.timing import PHASES
 from tests.support import running_server
 
 VARIANTS = {"tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2"}
@@ -247,6 +250,55 @@ def test_health_and_metrics(server, client):
     assert 'tutor_tokens_total{kind="completion",variant="tutor-zh-heritage"} 2.0' in metrics
     assert "tutor_request_latency_seconds_bucket" in metrics
     assert "tutor_time_to_first_token_seconds_count" in metrics
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``gw;dur=0.9, queue;dur=0.0`` -> {"gw": 0.9, "queue": 0.0}"""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        out[name] = float(dur)
+    return out
+
+
+def test_server_timing_splits_the_wait_for_the_first_token(server, client):
+    """Every chat response says where its time went (W3C Server-Timing, milliseconds): the
+    phases of the first token add up to no more than the client waited, and /metrics has the
+    same phases, one observation per request."""
+
+    def counts() -> dict[str, float]:
+        text = httpx.get(f"{server}/metrics").text
+        found = re.findall(
+            r'^tutor_(ttft_phase_seconds_count\{phase="\w+"|time_to_first_token_seconds_count\{)'
+            r',?variant="tutor-es-l2"\} ([0-9.]+)$',
+            text,
+            re.M,
+        )
+        return {name: float(value) for name, value in found}
+
+    before = counts()
+    t0 = time.perf_counter()
+    raw = client.chat.completions.with_raw_response.create(
+        model="tutor-es-l2", messages=LEARNER, max_tokens=6, temperature=0
+    )
+    waited_ms = (time.perf_counter() - t0) * 1000
+    timing = server_timing(raw.headers["server-timing"])
+    assert list(timing) == ["gw", "queue", "adapter", "ground", "upstream", "decode"]
+    assert all(v >= 0 for v in timing.values()), timing
+    assert timing["upstream"] > 0  # the engine produced the first token
+    assert timing["ground"] == 0  # not grounded: no corrector turn
+    assert sum(timing.values()) <= waited_ms
+    stream = client.chat.completions.with_raw_response.create(
+        model="tutor-es-l2", messages=LEARNER, max_tokens=6, temperature=0, stream=True
+    )  # headers go out with the first token: no decode yet
+    streamed = server_timing(stream.headers["server-timing"])
+    assert list(streamed) == ["gw", "queue", "adapter", "ground", "upstream"]
+    assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    after = counts()
+    keys = [f'ttft_phase_seconds_count{{phase="{p}"' for p in PHASES]
+    keys.append("time_to_first_token_seconds_count{")
+    assert set(after) == set(keys), after
+    assert {k: after[k] - before.get(k, 0.0) for k in keys} == dict.fromkeys(keys, 2.0)
 
 
 def test_unknown_route_is_openai_shaped(server):

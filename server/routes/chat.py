@@ -16,6 +16,7 @@ from server.protocol import (
 )
 from server.routes.deps import ServiceDep
 from server.streaming import collect, sse_stream
+from server.timing import Timing, arrival
 
 router = APIRouter()
 
@@ -37,10 +38,11 @@ async def create_chat_completion(
     request: Request,
     principal: Annotated[Principal, Depends(requires("chat"))],
 ):
+    timing = Timing(arrival(request.scope))
     limiter = request.app.state.limiter
     limiter.admit(principal)
     target, gen_request = await service.prepare(body)
-    deltas = limiter.hold(principal, service.generate(target, gen_request))
+    deltas = limiter.hold(principal, service.generate(target, gen_request, timing))
     # Wait for the first delta before answering: an engine that is down or a bad adapter still
     # gets a real HTTP status instead of an error hidden inside a 200 stream.
     try:
@@ -55,9 +57,12 @@ async def create_chat_completion(
         headers["x-tutor-grounding"] = first.extra["grounding"]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        headers["server-timing"] = timing.server_timing()
         return StreamingResponse(
             sse_stream(first, deltas, model=body.model, include_usage=include_usage),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return JSONResponse(await collect(first, deltas, model=body.model), headers=headers)
+    reply = await collect(first, deltas, model=body.model)
+    headers["server-timing"] = timing.server_timing()  # with decode: the reply is complete
+    return JSONResponse(reply, headers=headers)
