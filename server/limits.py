@@ -115,7 +115,10 @@ class VariantGate:
             return
         sem = self._sems.setdefault(variant, asyncio.Semaphore(self.limit))
         try:
-            await asyncio.wait_for(sem.acquire(), self.timeout)
+            if sem.locked():  # wait_for makes a task per call: only when there is a wait
+                await asyncio.wait_for(sem.acquire(), self.timeout)
+            else:
+                await sem.acquire()  # free: returns at once
         except TimeoutError:
             raise RateLimited(
                 f"{variant} is busy ({self.limit} requests running); try again shortly",

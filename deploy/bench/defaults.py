@@ -223,12 +223,35 @@ class Cell:
 KINDS = ("tutor", "tutor-plain", "base")
 
 
-def bodies(kind: str, max_tokens: int) -> dict[str, Any]:
-    if kind == "tutor":  # as served: the catalogue makes it grounded
-        return chat_body("tutor", stream=True, max_tokens=64)
-    if kind == "tutor-plain":
-        return chat_body("tutor", stream=True, max_tokens=64, grounded=False)
-    return chat_body(MODEL, stream=True, max_tokens=max_tokens)
+# Learners write different sentences: only the persona is shared between their requests, so the
+# prefix cache is not credited with whole prompts it would never see twice.
+SENTENCES = (
+    "Yesterday I go to the store and buy many apple.",
+    "She don't like swimming because the water are cold.",
+    "My sister work in a hospital since three years.",
+    "I went to the beach with my family last summer.",
+    "He have two dog and one cat at his house.",
+    "We was very tired after the long trip to London.",
+    "I am agree with you about this idea.",
+    "Last week I have visited my grandmother in the village.",
+)
+
+
+def bodies(kind: str, max_tokens: int) -> list[dict[str, Any]]:
+    """The requests of one kind, to be sent in turn."""
+    if kind == "base":  # one prompt: decode speed, not the prompt, is measured here
+        return [chat_body(MODEL, stream=True, max_tokens=max_tokens)]
+    extra = {} if kind == "tutor" else {"grounded": False}  # tutor as served is grounded
+    return [
+        chat_body(
+            "tutor",
+            stream=True,
+            max_tokens=64,
+            messages=[{"role": "user", "content": sentence}],
+            **extra,
+        )
+        for sentence in SENTENCES
+    ]
 
 
 @contextlib.contextmanager
@@ -258,17 +281,15 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                 with only(stacks, stack):
                     before = vllm_counters(stack.vllm_port)
                     for kind in KINDS:
-                        raw = encode_request(
-                            "127.0.0.1",
-                            stack.port,
-                            "/v1/chat/completions",
-                            bodies(kind, args.max_tokens),
-                        )
+                        raws = [
+                            encode_request("127.0.0.1", stack.port, "/v1/chat/completions", b)
+                            for b in bodies(kind, args.max_tokens)
+                        ]
                         for conc in args.concurrency:
                             total = args.requests * conc
                             result = measure(
                                 stack.port,
-                                lambda i, b=raw: (b, True, ""),
+                                lambda i, r=raws: (r[i % len(r)], True, ""),
                                 concurrency=conc,
                                 total=total,
                                 warmup=1 if rnd == 0 else 0,
