@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import signal
@@ -67,8 +68,12 @@ class Config:
     about: str = ""
     engine: str = "vllm"  # or transformers: the model in the gateway's process, no vLLM
     block_size: int | None = None  # vLLM --block-size; None: the gateway's choice (32 on CPU)
+    args: tuple[str, ...] = ()  # more vLLM flags
 
 
+NGRAM = json.dumps(
+    {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+)
 ONE_CORE = {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": None}
 
 
@@ -109,6 +114,14 @@ CONFIGS: dict[str, Any] = {
         block_size=128,
     ),
     "after": _after,
+    # n-gram speculation (prompt lookup): a corrector's reply copies most of the learner's sentence
+    "after-ngram": lambda: Config(
+        "after-ngram",
+        _after().dtype,
+        _after().env,
+        "after, with n-gram speculative decoding",
+        args=("--speculative-config", NGRAM),
+    ),
     "transformers": lambda: Config(
         "transformers", "float32", {}, "in-process transformers engine", engine="transformers"
     ),
@@ -154,6 +167,7 @@ def start_stack(config: Config, log: Any = print) -> Stack:
         env=config.env,
         max_loras=4,
         block_size=config.block_size,
+        extra=config.args,
     )
     try:
         gateway = start_gateway(

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from deploy.bench.common import (
     fmt,
     free_port,
     install_cleanup,
+    logs_dir,
     machine,
     measure,
     ms,
@@ -218,13 +221,14 @@ def bench(
     log_level: str = "warning",
     baselines: dict[str, tuple[Path, str | None]] | None = None,
     gateway_src: Path | None = None,
+    floor: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the comparison for each upstream; returns the report (rows and settings).
 
     ``baselines`` (label -> (checkout, log level or None)): more gateways, each run from another
     checkout, front the same upstream and are measured in the same rounds: before/after side by
-    side.
+    side. ``floor``: also the bare relay of deploy/bench/floor.py, the floor of a Python gateway.
     """
     started = machine()  # the load average before the run
     rows: list[dict[str, Any]] = []
@@ -264,6 +268,11 @@ def bench(
                 g = start_gateway(port, env=env, log_level=level or log_level, src=src, name=label)
                 groups.append(g)
                 gateways[label] = (port, g)
+            if floor:
+                port = free_port()
+                g = start_floor(port, f"http://127.0.0.1:{up_port}/v1")
+                groups.append(g)
+                gateways["floor"] = (port, g)
             port = free_port()
             g = start_gateway(port, env=env, log_level=log_level, src=gateway_src)
             groups.append(g)
@@ -304,6 +313,13 @@ def bench(
     }
 
 
+def start_floor(port: int, upstream: str) -> Group:
+    cmd = [sys.executable, "-m", "deploy.bench.floor", "--port", str(port), "--upstream", upstream]
+    g = Group("floor", cmd, env=dict(os.environ), log=logs_dir() / f"floor-{port}.log")
+    wait_ready(f"http://127.0.0.1:{port}/health", g, 30)
+    return g
+
+
 def _labelled(spec: str) -> tuple[str, tuple[Path, str | None]]:
     """``[LABEL=]DIR[@LOG_LEVEL]``: a gateway run from DIR, optionally at another log level."""
     label, _, rest = spec.rpartition("=")
@@ -336,6 +352,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeatable (default label: before)",
     )
     p.add_argument("--gateway-src", type=Path, help="run the gateway from this checkout instead")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also a bare uvicorn relay (deploy/bench/floor.py): the floor of a Python gateway",
+    )
     p.add_argument("--out", type=Path, help=f"JSON report (default {REPORTS}/overhead.json)")
     a = p.parse_args(argv)
     install_cleanup()
@@ -352,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log_level=a.log_level,
             baselines=dict(_labelled(b) for b in a.baseline_src),
             gateway_src=a.gateway_src,
+            floor=a.floor,
         )
     finally:
         stop_all()
