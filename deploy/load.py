@@ -3,7 +3,9 @@
     python -m deploy.load --users 4 --run-time 30s            # starts a gateway if none answers
 
 It refuses any host but the loopback, caps users and run time, starts ``tutor serve`` (default:
-the transformers engine with the default model) only when nothing answers at ``--host``, stops
+what ``make serve`` runs, a managed vLLM with the default model and the shipped adapters; the
+in-process transformers engine with ``--engine transformers``) only when nothing answers at
+``--host``, stops
 it afterwards, writes Locust's HTML and CSV reports under ``--out`` and prints one line per
 variant: turns, failures, turn latency, time to first token and tokens/s.
 """
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", help="variant=weight,... (LOAD_VARIANTS)")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, help="seed the learners' choices")
-    p.add_argument("--engine", default="transformers", help="for a gateway started here")
+    p.add_argument(
+        "--engine", default="vllm", help="for a gateway started here: vllm or transformers"
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="for a gateway started here")
     p.add_argument("--no-start", action="store_true", help="never start a gateway")
     p.add_argument("--start-timeout", type=float, default=300)

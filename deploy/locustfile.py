@@ -15,7 +15,9 @@ Configure with environment variables (``make load`` sets them):
   tutor weighted most);
 - ``LOAD_MAX_TOKENS`` (default 32), ``LOAD_API_KEY`` (a chat key, when the gateway has keys on),
   ``LOAD_SEED`` (seed the learners' random choices), ``LOAD_SUMMARY_CSV`` (where to write the
-  per-variant summary at the end).
+  per-variant summary at the end, with an ``all`` row over every variant);
+- ``LOAD_THINK``: ``min,max`` seconds a learner thinks between turns (default ``0.5,1.5``; the
+  capacity run uses a learner's pace: reading a reply and typing the next sentence).
 
 Run it with ``make load`` or ``python -m deploy.load``, which only target 127.0.0.1.
 """
@@ -31,14 +33,18 @@ import time
 from pathlib import Path
 
 from locust import HttpUser, between, events, task
+from locust.stats import StatsEntry
 
 from deploy.load_mix import DEFAULT_VARIANTS, LINES, VariantPicker, language, parse_variants
 
 VARIANTS = parse_variants(os.environ.get("LOAD_VARIANTS", DEFAULT_VARIANTS))
 MAX_TOKENS = int(os.environ.get("LOAD_MAX_TOKENS", "32"))
 API_KEY = os.environ.get("LOAD_API_KEY", "")
+THINK = tuple(float(x) for x in os.environ.get("LOAD_THINK", "0.5,1.5").split(","))
 if os.environ.get("LOAD_SEED"):
     random.seed(int(os.environ["LOAD_SEED"]))  # the same choices run to run (timing aside)
+
+COMPLETION_TOKENS: dict[str, int] = {}  # per variant, over the run
 
 
 _user_numbers = itertools.count()
@@ -59,7 +65,7 @@ def record(kind: str, variant: str, value: float) -> None:
 class Learner(HttpUser):
     """One learner: short conversations with think time between turns."""
 
-    wait_time = between(0.5, 1.5)
+    wait_time = between(*THINK)
 
     def on_start(self) -> None:
         # Each learner starts at another point of the cycle, so they do not move in lockstep.
@@ -123,6 +129,7 @@ class Learner(HttpUser):
                 resp.failure("the stream carried no text")
                 return None
             resp.success()
+        COMPLETION_TOKENS[variant] = COMPLETION_TOKENS.get(variant, 0) + tokens
         record("TTFT", variant, (first - start) * 1000)
         if tokens > 1 and last > first:
             record("TPS", variant, (tokens - 1) / (last - first))
@@ -130,26 +137,38 @@ class Learner(HttpUser):
 
 
 SUMMARY_COLUMNS = ("variant", "turns", "failures", "turn_p50_ms", "turn_p95_ms")
-SUMMARY_COLUMNS += ("ttft_p50_ms", "ttft_p95_ms", "tokens_per_s_p50")
+SUMMARY_COLUMNS += ("ttft_p50_ms", "ttft_p95_ms", "tokens_per_s_p50", "completion_tokens")
+ALL = "all"  # the summary row over every variant
+
+
+def _merged(stats, names: list[str], method: str) -> StatsEntry:
+    entry = StatsEntry(stats, ALL, method, use_response_times_cache=False)
+    for name in names:
+        entry.extend(stats.get(name, method))
+    return entry
 
 
 def write_summary(stats, path: Path) -> None:
     """Per-variant figures from Locust's final stats (its own CSV is rewritten once a second and
-    can miss the turns that finish while the run stops)."""
+    can miss the turns that finish while the run stops), then the same over every variant."""
     variants = sorted({name for name, method in stats.entries if method == "POST"})
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def pct(entry, q: float) -> int | str:
+        return entry.get_response_time_percentile(q) if entry.num_requests else ""
+
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(SUMMARY_COLUMNS)
-        for v in variants:
-            turn, ttft, tps = stats.get(v, "POST"), stats.get(v, "TTFT"), stats.get(v, "TPS")
-
-            def pct(entry, q: float) -> int | str:
-                return entry.get_response_time_percentile(q) if entry.num_requests else ""
-
+        rows = [(v, *(stats.get(v, m) for m in ("POST", "TTFT", "TPS"))) for v in variants]
+        rows.append((ALL, *(_merged(stats, variants, m) for m in ("POST", "TTFT", "TPS"))))
+        for name, turn, ttft, tps in rows:
+            tokens = (
+                sum(COMPLETION_TOKENS.values()) if name == ALL else COMPLETION_TOKENS.get(name, 0)
+            )
             out.writerow(
-                [v, turn.num_requests, turn.num_failures, pct(turn, 0.5), pct(turn, 0.95)]
-                + [pct(ttft, 0.5), pct(ttft, 0.95), pct(tps, 0.5)]
+                [name, turn.num_requests, turn.num_failures, pct(turn, 0.5), pct(turn, 0.95)]
+                + [pct(ttft, 0.5), pct(ttft, 0.95), pct(tps, 0.5), tokens]
             )
 
 

@@ -20,7 +20,7 @@ from server.settings import Settings
 from tests.support import running_server
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("tutor", "tutor-es-l2", "tutor-zh-l2")
+VARIANTS = ("tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2")
 
 
 def test_picker_honours_weights_and_switches_every_turn() -> None:
@@ -82,7 +82,10 @@ def test_locust_run_has_no_failures_and_hits_every_variant(gateway, tmp_path) ->
 
     with (out / "load_variants.csv").open(newline="") as f:
         rows = {row["variant"]: row for row in csv.DictReader(f)}
+    total = rows.pop("all")  # the row over every variant
     assert set(rows) == set(VARIANTS)
+    assert int(total["turns"]) == sum(int(r["turns"]) for r in rows.values())
+    assert int(total["completion_tokens"]) >= int(total["turns"])
     for variant, row in rows.items():
         assert int(row["turns"]) >= 1 and int(row["failures"]) == 0, (variant, row)
         assert float(row["ttft_p50_ms"]) > 0, (variant, row)
