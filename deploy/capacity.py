@@ -25,6 +25,8 @@ import csv
 import json
 import math
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-timeout", type=float, default=300)
     p.add_argument("--label", default="", help="a note for the report and the chart's title")
     args = p.parse_args(argv)
+    # a SIGTERM ends the run through the finally blocks: the gateway started here is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     args.host = args.host.rstrip("/")
     if not is_loopback(args.host):
@@ -299,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"# Capacity: {args.label or args.host}",
             "",
-            f"`{' '.join(['python -m deploy.capacity', *(argv or sys.argv[1:])])}`",
+            f"`{shlex.join(['python', '-m', 'deploy.capacity', *(argv or sys.argv[1:])])}`",
             "",
             table(done),
             "",

@@ -63,7 +63,8 @@ def record(kind: str, variant: str, value: float) -> None:
 
 
 class Learner(HttpUser):
-    """One learner: short conversations with think time between turns."""
+    """One learner: short conversations with think time between turns (and between
+    conversations: Locust's own wait after each task)."""
 
     wait_time = between(*THINK)
 
@@ -76,7 +77,9 @@ class Learner(HttpUser):
     @task
     def conversation(self) -> None:
         messages: list[dict[str, str]] = []
-        for _ in range(random.randint(2, 4)):
+        for i in range(random.randint(2, 4)):
+            if i:
+                self.wait()  # the learner reads the reply and types the next sentence
             variant = self.picker.next()
             messages.append({"role": "user", "content": random.choice(LINES[language(variant)])})
             reply = self.turn(variant, messages)

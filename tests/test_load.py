@@ -7,6 +7,7 @@ uvicorn gateway in this one (tiny model, Spanish and Mandarin adapters), on 127.
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,8 @@ def test_locust_run_has_no_failures_and_hits_every_variant(gateway, tmp_path) ->
     cmd = [sys.executable, "-m", "deploy.load", "--host", gateway, "--no-start"]
     cmd += ["--users", "3", "--spawn-rate", "3", "--run-time", "5s", "--max-tokens", "8"]
     cmd += ["--seed", "1", "--variants", ",".join(VARIANTS), "--out", str(out)]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    env = {**os.environ, "LOAD_THINK": "0.1,0.3"}  # a short run still reaches every variant
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     with (out / "load_variants.csv").open(newline="") as f:

@@ -254,6 +254,7 @@ def vllm_command(
     extra: Sequence[str] = (),
     dtype: str = "float32",
     block_size: int | None = None,
+    speculation: str = "off",
 ) -> list[str]:
     """vLLM's command line, built by the same function the managed engine uses."""
     from server.engines import vllm_args
@@ -270,6 +271,7 @@ def vllm_command(
         vllm_max_model_len=2048,
         vllm_extra_args=list(extra),
         vllm_block_size=block_size,
+        vllm_speculation=speculation,
     )
     resolved = resolve_model(model, TUTOR_HOME)
     args = vllm_args(settings, resolved.source, resolved.public_id)

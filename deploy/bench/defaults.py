@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import signal
@@ -69,11 +68,9 @@ class Config:
     engine: str = "vllm"  # or transformers: the model in the gateway's process, no vLLM
     block_size: int | None = None  # vLLM --block-size; None: the gateway's choice (32 on CPU)
     args: tuple[str, ...] = ()  # more vLLM flags
+    speculation: str = "off"  # vLLM --speculative-config through the gateway's setting
 
 
-NGRAM = json.dumps(
-    {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
-)
 ONE_CORE = {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": None}
 
 
@@ -81,7 +78,16 @@ def _after() -> Config:
     from server.engines import vllm_dtype
     from server.engines.vllm_process import cpu_env
 
-    return Config("after", vllm_dtype("auto"), cpu_env(), "what the gateway passes now")
+    return Config(
+        "after", vllm_dtype("auto"), cpu_env(), "what the gateway passes now", speculation="auto"
+    )
+
+
+def _cached() -> Config:
+    from server.engines import vllm_dtype
+    from server.engines.vllm_process import cpu_env
+
+    return Config("cached", vllm_dtype("auto"), cpu_env(), "after, without n-gram speculation")
 
 
 CONFIGS: dict[str, Any] = {
@@ -114,14 +120,8 @@ CONFIGS: dict[str, Any] = {
         block_size=128,
     ),
     "after": _after,
-    # n-gram speculation (prompt lookup): a corrector's reply copies most of the learner's sentence
-    "after-ngram": lambda: Config(
-        "after-ngram",
-        _after().dtype,
-        _after().env,
-        "after, with n-gram speculative decoding",
-        args=("--speculative-config", NGRAM),
-    ),
+    # the defaults before n-gram speculation (prompt lookup) was turned on for CPU
+    "cached": _cached,
     "transformers": lambda: Config(
         "transformers", "float32", {}, "in-process transformers engine", engine="transformers"
     ),
@@ -168,6 +168,7 @@ def start_stack(config: Config, log: Any = print) -> Stack:
         max_loras=4,
         block_size=config.block_size,
         extra=config.args,
+        speculation=config.speculation,
     )
     try:
         gateway = start_gateway(

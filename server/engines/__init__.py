@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
-from server.hardware import choose_block_size, has_gpu, machine_dtype
+from server.hardware import choose_block_size, choose_speculation, has_gpu, machine_dtype
 from server.settings import Settings
 
 __all__ = [
@@ -70,8 +70,15 @@ def vllm_args(settings: Settings, source: str, public_id: str) -> list[str]:
         str(max(n, settings.max_resident_adapters)),
         "--disable-uvicorn-access-log",
         *block_size_args(settings.vllm_block_size),
+        *speculation_args(settings.vllm_speculation),
         *settings.vllm_extra_args,
     ]
+
+
+def speculation_args(requested: str) -> list[str]:
+    """N-gram speculation for the corrector's copy of the sentence (server/hardware.py)."""
+    config = choose_speculation(requested, gpu=has_gpu())
+    return [] if config is None else ["--speculative-config", config]
 
 
 def block_size_args(requested: int | None) -> list[str]:
