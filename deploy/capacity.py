@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 import psutil
 
-from deploy.load import LOCUSTFILE, answers, is_loopback, seconds, start_gateway
+from deploy.load import answers, is_loopback, locust_command, seconds, start_gateway
 from deploy.load_mix import DEFAULT_VARIANTS
 
 MAX_USERS = 128
@@ -116,27 +116,13 @@ def run_step(
     }
     if args.seed is not None:
         env["LOAD_SEED"] = str(args.seed + users)
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--host",
+    cmd = locust_command(
         args.host,
-        "--users",
-        str(users),
-        "--spawn-rate",
-        str(users),  # all at once: the step measures N learners, not a ramp
-        "--run-time",
-        f"{args.step_seconds}s",
-        "--stop-timeout",
-        "30",
-        "--html",
-        str(out / f"step-{users:03d}.html"),
-        "--only-summary",
-    ]
+        users=users,
+        spawn_rate=users,  # all at once: the step measures N learners, not a ramp
+        run_time=f"{args.step_seconds}s",
+        html=out / f"step-{users:03d}.html",
+    )
     before, t0 = cpu_seconds(gateway), time.monotonic()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0

@@ -80,6 +80,25 @@ def start_gateway(host: str, engine: str, model: str, timeout: float) -> subproc
     raise SystemExit(f"the gateway did not become healthy in {timeout:.0f} s")
 
 
+def locust_command(
+    host: str,
+    *,
+    users: int,
+    spawn_rate: float,
+    run_time: str,
+    html: Path,
+    csv_prefix: Path | None = None,
+) -> list[str]:
+    """A headless, bounded Locust run of deploy/locustfile.py (the LOAD_* variables configure
+    the learners); ``--stop-timeout`` lets turns in flight finish when the time is up."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host]
+    cmd += ["--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", run_time]
+    cmd += ["--stop-timeout", "30", "--html", str(html), "--only-summary"]
+    if csv_prefix is not None:
+        cmd += ["--csv", str(csv_prefix)]
+    return cmd
+
+
 def summary(summary_csv: Path) -> str:
     """The per-variant table, from the CSV the locustfile writes when the run ends."""
     with summary_csv.open(newline="") as f:
@@ -143,29 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         env["LOAD_VARIANTS"] = args.variants
     if args.seed is not None:
         env["LOAD_SEED"] = str(args.seed)
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--host",
+    cmd = locust_command(
         host,
-        "--users",
-        str(args.users),
-        "--spawn-rate",
-        str(args.spawn_rate),
-        "--run-time",
-        args.run_time,
-        "--stop-timeout",
-        "30",
-        "--csv",
-        str(args.out / "load"),
-        "--html",
-        str(args.out / "load.html"),
-        "--only-summary",
-    ]
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        run_time=args.run_time,
+        html=args.out / "load.html",
+        csv_prefix=args.out / "load",
+    )
     try:
         code = subprocess.run(cmd, env=env).returncode
     finally:

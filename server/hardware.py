@@ -1,11 +1,12 @@
-"""What this machine computes fast, read from the hardware: it picks vLLM's dtype.
+"""What this machine computes fast, read from the hardware: vLLM's dtype, KV block and
+speculation (docs/PERFORMANCE.md, sections 6 and 7, measure each).
 
 vLLM's own ``--dtype auto`` takes the checkpoint's dtype, bf16 for SmolLM2 and Qwen3. On a CPU
-without native bf16 instructions every bf16 matmul is emulated: on the 2-core AMD EPYC here
-(no ``avx512_bf16``/``amx_bf16``) the first token through the gateway came 3-4x later than in
-float32 (docs/PERFORMANCE.md, "Defaults that fit the machine"). So ``auto`` here means: float32 on
-a CPU without native bf16, bfloat16 on a CPU with it, and vLLM's own choice on a GPU (bf16 for
-Qwen3-8B-Base, whose config asks for it; fp16 on a GPU that has no bf16).
+without native bf16 instructions every bf16 matmul is emulated: on the 2-core machines without
+``avx512_bf16``/``amx_bf16`` that issue 13 was measured on, vLLM's first token came 4x later
+than in float32 (1.2 s against 0.3 s). On a CPU with them bf16 was the faster one. So ``auto``
+here means: float32 on a CPU without native bf16, bfloat16 on a CPU with it, and vLLM's own
+choice on a GPU (bf16 for Qwen3-8B-Base, whose config asks for it; fp16 on a GPU without bf16).
 """
 
 from __future__ import annotations

@@ -228,8 +228,8 @@ class ChatService:
     ) -> AsyncIterator[TextDelta]:
         """The engine's deltas, timed and counted; the single path for every reply.
 
-        The first delta carries the request's :class:`Timing` in ``extra["timing"]``: where the
-        wait for it went (server/timing.py), for the ``Server-Timing`` header.
+        ``timing`` (the caller's, for its ``Server-Timing`` header) is filled in as the request
+        goes: where the wait for the first token went (server/timing.py).
         """
         m, label = self.metrics, target.model_id
         timing = timing or Timing()
@@ -257,7 +257,6 @@ class ChatService:
                             timing.first = time.perf_counter()
                             timing.upstream = timing.first - t0
                             self._observe_first_token(label, timing)
-                            delta.extra["timing"] = timing
                             if load_s is not None:
                                 delta.extra["adapter_load_s"] = load_s
                             if grounding is not None:
