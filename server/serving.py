@@ -198,6 +198,14 @@ class ChatService:
                 raise InvalidRequest(
                     f"message {i} contains a NUL character", param=f"messages.{i}.content"
                 )
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate ("\ud800"): valid JSON, no text
+                    raise InvalidRequest(
+                        f"message {i} is not valid Unicode (a lone surrogate escape)",
+                        param=f"messages.{i}.content",
+                    ) from None
 
     @staticmethod
     def _messages(variant: Variant | None, req: ChatCompletionRequest) -> list[dict[str, str]]:

@@ -286,6 +286,18 @@ HOSTILE = [
         400,
         "messages",
     ),
+    (  # valid JSON; the tokenizer cannot encode it (it was a 500)
+        "lone surrogate",
+        b'{"model": "tutor", "messages": [{"role": "user", "content": "\\ud800 hi"}]}',
+        400,
+        "messages.0.content",
+    ),
+    (
+        "NUL character",
+        b'{"model": "tutor", "messages": [{"role": "user", "content": "hi\\u0000there"}]}',
+        400,
+        "messages.0.content",
+    ),
     (
         "nan temperature",
         b'{"model": "tutor", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
