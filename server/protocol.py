@@ -54,6 +54,12 @@ class ChatCompletionRequest(_Open):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (as a string) -> bias in [-100, 100]."
+    )
+    user: str | None = Field(default=None, max_length=256)
     n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
     scaffolding: Scaffolding | None = None
     level: Level | None = None

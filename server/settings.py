@@ -119,9 +119,10 @@ class Settings(BaseSettings):
         "32 on CPU, where vLLM's 128 is longer than a persona; vLLM's default on a GPU.",
     )
     vllm_speculation: str = Field(
-        default="auto",
-        description="vLLM --speculative-config: auto (n-gram prompt lookup on CPU, where it "
-        "doubled the learners served at TTFT p95 <= 2 s; none on a GPU), off, or a JSON object.",
+        default="off",
+        description="vLLM --speculative-config: off; auto (n-gram prompt lookup on CPU, where it "
+        "doubled the learners served at TTFT p95 <= 2 s, but a client's disconnect once failed "
+        "to stop vLLM with it; none on a GPU); or a JSON object. docs/PERFORMANCE.md, section 7.",
     )
     vllm_extra_args: list[str] = Field(default_factory=list)
     vllm_start_timeout: float = 300.0

@@ -301,6 +301,28 @@ def test_server_timing_splits_the_wait_for_the_first_token(server, client):
     assert {k: after[k] - before.get(k, 0.0) for k in keys} == dict.fromkeys(keys, 2.0)
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 1.0}, "frequency_penalty"),
+        ({"logit_bias": {"42": 10}}, "logit_bias"),
+        ({"logit_bias": {"apple": 10}}, "logit_bias"),  # not a token id, on any engine
+        ({"logit_bias": {"42": 500}}, "logit_bias"),  # out of [-100, 100]
+    ],
+)
+def test_parameters_this_engine_cannot_honour_are_a_400_naming_them(client, extra, param):
+    """Never answered as if they had not been sent (vLLM honours them: tests/test_vllm.py)."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="tutor", messages=LEARNER, max_tokens=2, extra_body=extra
+        )
+    assert err.value.body["param"] == param, err.value.body
+    # `user` only labels the request: accepted
+    ok = client.chat.completions.create(model="tutor", messages=LEARNER, max_tokens=2, user="u1")
+    assert ok.choices[0].message.content is not None
+
+
 def test_unknown_route_is_openai_shaped(server):
     r = httpx.get(f"{server}/v1/nothing-here")
     assert r.status_code == 404

@@ -280,14 +280,16 @@ def test_client_disconnect_aborts_the_request_in_vllm(gateway):
     url, asked = gateway["url"], 1500
     finished = _vllm_sum(gateway, "vllm:request_success_total")
     made_before = _vllm_sum(gateway, "vllm:generation_tokens_total")
-    # the tiny base under a variant it has no adapter for never stops by itself; not grounded,
-    # so no corrector turn (a request of its own, which ends by itself) runs first
+    # greedy, so the reply is the same every run and does not stop by itself (sampled, it now and
+    # then drew the end of text within its first tokens and finished before the abort); not
+    # grounded, so no corrector turn (a request of its own, which ends by itself) runs first
     body = {
         "model": "tutor-zh-l2",
         "messages": LEARNER,
         "max_tokens": asked,
         "stream": True,
         "grounded": False,
+        "temperature": 0,
     }
     started = time.monotonic()
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as s:
@@ -302,6 +304,72 @@ def test_client_disconnect_aborts_the_request_in_vllm(gateway):
     ends = _vllm_sum(gateway, "vllm:request_success_total") - finished
     assert ends == 0, f"the request ran to its end ({made:.0f} tokens) instead of being aborted"
     assert 0 < made < asked, (made, left)
+
+
+def test_openai_sampling_parameters_reach_vllm(gateway, tiny_path):
+    """presence/frequency penalties, logit_bias and user are vLLM's to honour, not dropped: a
+    penalty changes a greedy reply that repeats itself, a +100 bias on one token makes every
+    greedy token that one. Beside speculative decoding (opt-in), which vLLM refuses logit_bias
+    with, it is a 400 naming it before vLLM is asked (tests/test_hardware.py, and below)."""
+    from transformers import AutoTokenizer
+
+    url = gateway["url"]
+    client = _client(url)
+    engine = gateway["app"].state.service.engine
+    token = AutoTokenizer.from_pretrained(tiny_path).encode(" apple", add_special_tokens=False)[0]
+
+    def reply(**extra) -> str:
+        r = client.chat.completions.create(
+            model="tutor-es-l2", messages=LEARNER, max_tokens=6, temperature=0, extra_body=extra
+        )
+        return r.choices[0].message.content
+
+    plain = reply(user="learner-7")
+    assert reply() == plain  # greedy is repeatable: a change below is the penalty's
+    penalised = [reply(frequency_penalty=2.0), reply(presence_penalty=2.0)]
+    assert any(p != plain for p in penalised), (plain, penalised)
+    if "logit_bias" in engine.optional_params:
+        forced = reply(logit_bias={str(token): 100})
+        expected = AutoTokenizer.from_pretrained(tiny_path).decode([token] * 6)
+        assert forced.strip() == expected.strip(), (forced, expected)
+    else:
+        assert gateway["settings"].vllm_speculation != "off"
+        with pytest.raises(openai.BadRequestError) as err:
+            reply(logit_bias={str(token): 100})
+        assert err.value.body["param"] == "logit_bias"
+        assert "vllm engine" in err.value.body["message"]
+
+
+def test_logit_bias_beside_speculation_is_a_400_naming_it(tutor_home, tiny_path, tmp_path):
+    """With n-gram speculation on (opt-in), vLLM cannot honour logit_bias: the gateway says so
+    in OpenAI's shape instead of passing vLLM's refusal on as a 502 (the bare base model, its
+    own vLLM)."""
+    settings = Settings(
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="vllm",
+        registry=tmp_path / "registry.sqlite",
+        adapter_dir=tmp_path / "adapters",
+        vllm_port=free_port(),
+        vllm_dtype="float32",
+        vllm_speculation="auto",
+        vllm_max_model_len=1024,
+        shipped_adapters=False,
+    )
+    app = create_app(settings)
+    with running_server(app, timeout=400) as url:
+        client = _client(url)
+        ok = client.chat.completions.create(
+            model="tiny-qwen3", messages=LEARNER, max_tokens=5, temperature=0, presence_penalty=1
+        )
+        assert ok.choices[0].message.content
+        if "logit_bias" in app.state.service.engine.optional_params:
+            pytest.skip("speculation is off on this hardware (a GPU)")
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(
+                model="tiny-qwen3", messages=LEARNER, max_tokens=5, logit_bias={"42": 100}
+            )
+    assert err.value.body["param"] == "logit_bias"
 
 
 def test_killing_vllm_gives_503_then_recovers(gateway, world):

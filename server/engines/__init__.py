@@ -111,4 +111,6 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
         max_lora_rank=settings.max_lora_rank,
         process=process,
         timeout=settings.upstream_timeout,
+        speculative=bool(speculation_args(settings.vllm_speculation))
+        or "--speculative-config" in settings.vllm_extra_args,
     )

@@ -28,6 +28,19 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # OpenAI's optional parameters: set only when a request asks (see Engine.optional_params)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # token id (a decimal string, as OpenAI's) -> bias
+    user: str | None = None
+
+    def optional(self) -> dict[str, Any]:
+        """The optional parameters this request set, by their OpenAI names."""
+        return {k: getattr(self, k) for k in OPTIONAL_PARAMS if getattr(self, k) is not None}
+
+
+# OpenAI chat parameters an engine may or may not honour; it says which in optional_params.
+OPTIONAL_PARAMS = ("presence_penalty", "frequency_penalty", "logit_bias", "user")
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,9 @@ class Engine(ABC):
 
     name: str = "engine"
     max_lora_rank: int = 64
+    # Which of OPTIONAL_PARAMS it honours: a request setting another one is refused with a 400
+    # naming it, never answered as if it had not been sent.
+    optional_params: frozenset[str] = frozenset()
 
     async def start(self) -> None:
         """Load models or connect; called once by the app's lifespan."""

@@ -27,7 +27,7 @@ import httptools
 import httpx
 import orjson
 
-from server.engines.base import Engine, GenerationRequest, TextDelta
+from server.engines.base import OPTIONAL_PARAMS, Engine, GenerationRequest, TextDelta
 from server.errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ DRAIN_TIMEOUT = 1.0  # after [DONE], how long to wait for the end of the HTTP bo
 
 class OpenAIEngine(Engine):
     name = "openai"
+    optional_params = frozenset(OPTIONAL_PARAMS)  # an OpenAI-compatible upstream takes them all
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class OpenAIEngine(Engine):
             body["stop"] = list(p.stop)
         if p.seed is not None:
             body["seed"] = p.seed
+        body.update(p.optional())
         return body
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:

@@ -31,6 +31,8 @@ class _Cancelled(Exception):
 
 class TransformersEngine(Engine):
     name = "transformers"
+    # `user` only labels the request; penalties and logit_bias are not implemented here (a 400)
+    optional_params = frozenset({"user"})
 
     def __init__(self, model_source: str, *, dtype: str = "float32", max_lora_rank: int = 64):
         self.model_source = model_source

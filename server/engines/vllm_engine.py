@@ -33,6 +33,7 @@ class VLLMEngine(OpenAIEngine):
         process: VLLMProcess | None = None,
         timeout: float = 120.0,
         api_key: str = "none",
+        speculative: bool = False,
     ) -> None:
         super().__init__(
             base_url,
@@ -42,6 +43,8 @@ class VLLMEngine(OpenAIEngine):
             max_lora_rank=max_lora_rank,
         )
         self.process = process
+        if speculative:  # vLLM: "logit_bias ... not yet supported with speculative decoding"
+            self.optional_params = self.optional_params - {"logit_bias"}
         self._loaded: set[str] = set()
         if process is not None:
             process.on_restart = self._forget_adapters
