@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import psutil
 
+from deploy.bench.common import fmt
 from deploy.load import answers, is_loopback, locust_command, seconds, start_gateway
 from deploy.load_mix import DEFAULT_VARIANTS
 
@@ -161,7 +162,7 @@ def run_step(
 
 
 def _f(x: float | None, digits: int = 0) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    return fmt(x, digits)
 
 
 def answer(steps: list[Step], threshold_ms: float) -> str:

@@ -72,6 +72,7 @@ class Config:
 
 
 ONE_CORE = {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": None}
+TWO_CORES = {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
 def _after() -> Config:
@@ -95,18 +96,10 @@ CONFIGS: dict[str, Any] = {
         "fp32-1core", "float32", ONE_CORE, "float32, 1 core bound", block_size=128
     ),
     "fp32-2cores": lambda: Config(
-        "fp32-2cores",
-        "float32",
-        {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
-        "float32, both cores bound, none reserved",
-        block_size=128,
+        "fp32-2cores", "float32", TWO_CORES, "float32, both cores bound", block_size=128
     ),
     "bf16-2cores": lambda: Config(
-        "bf16-2cores",
-        "bfloat16",
-        {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
-        "bfloat16, both cores bound, none reserved",
-        block_size=128,
+        "bf16-2cores", "bfloat16", TWO_CORES, "bfloat16, both cores bound", block_size=128
     ),
     "fp32-nobind": lambda: Config(
         "fp32-nobind",

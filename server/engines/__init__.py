@@ -111,6 +111,6 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
         max_lora_rank=settings.max_lora_rank,
         process=process,
         timeout=settings.upstream_timeout,
-        speculative=bool(speculation_args(settings.vllm_speculation))
+        speculative=choose_speculation(settings.vllm_speculation, gpu=has_gpu()) is not None
         or "--speculative-config" in settings.vllm_extra_args,
     )
