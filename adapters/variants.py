@@ -33,6 +33,7 @@ class Variant:
     grounding: Mapping[str, str] = field(default_factory=dict)  # corrector / meant / correct
     grounded: bool = False  # serve with a grounded recast by default (a request may override)
     corrector: str | None = None  # who writes the correction: a model id; None: this variant
+    name: str = ""  # what a chat client shows (/v1/models); the id when the catalogue has none
 
     def corrector_messages(self, utterance: str) -> list[dict[str, str]]:
         """The corrector's turn: the variant's own adapter, asked for the corrected sentence.
@@ -129,5 +130,6 @@ class Catalogue:
                 grounding=grounding,
                 grounded=bool(spec.get("grounded", False)),
                 corrector=spec.get("corrector"),
+                name=spec.get("name") or vid,
             )
         return cls(variants)

@@ -13,6 +13,7 @@ the old version unloads when its last request finishes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -163,7 +164,8 @@ class AdapterManager:
         self._retired.discard(name)
         if self._resident.pop(name, None) is None:
             return
-        self.metrics.adapter_resident.labels(name).set(0)
+        with contextlib.suppress(KeyError):  # a version loaded before metrics existed
+            self.metrics.adapter_resident.remove(name)
         try:
             await self.engine.unload_adapter(name)
             log.info("unloaded adapter %s", name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import re
@@ -20,12 +21,23 @@ from server.errors import BodyTooLarge, install_error_handlers
 from server.limits import Limiter
 from server.metrics import Metrics
 from server.model_store import resolve_model
+from server.observe import RequestObserver
 from server.routes import admin, chat, health, models
 from server.serving import ChatService
 from server.settings import Settings
 from server.timing import ARRIVAL
 
 log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tutor")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "0+unknown"
+
+
+VERSION = _version()
 
 
 def base_identity(settings: Settings) -> tuple[str, str]:
@@ -126,7 +138,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 catalogue,
                 base_id=base_id,
                 base_source=base_source,
-                metrics=Metrics(),
+                metrics=app.state.metrics,
                 registry=Registry.from_settings(settings),
             )
             await service.start()
@@ -140,8 +152,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             app.state.service = None
             await eng.aclose()
 
-    app = FastAPI(title="Tutor", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Tutor", version=VERSION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.metrics = Metrics(
+        {"version": VERSION, "engine": settings.engine, "model": settings.model}
+    )
     app.state.service = None
     app.state.keys = KeyStore.from_settings(settings)
     app.state.limiter = Limiter()
@@ -161,6 +176,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 "retry-after",
             ],
         )
+    # inside CollapseSlashes, which copies the scope: the router's route is seen on this one
+    app.add_middleware(RequestObserver, metrics=lambda: app.state.metrics)
     app.add_middleware(CollapseSlashes)
     app.add_middleware(ArrivalClock)  # added last: the outermost layer, the first to run
     for router in (chat.router, models.router, health.router):

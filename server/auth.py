@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import yaml
@@ -22,6 +25,8 @@ from fastapi import Request
 
 from server.errors import Forbidden, Unauthorized
 from server.settings import ApiKey, Settings
+
+log = logging.getLogger(__name__)
 
 
 def hash_key(key: str) -> str:
@@ -41,6 +46,10 @@ class Principal:
     rpm: int = 0
     tpm: int = 0
     max_streams: int = 0
+    models: tuple[str, ...] | None = None  # shell patterns of the model ids it may use; None: all
+
+    def may_use(self, model_id: str) -> bool:
+        return self.models is None or any(fnmatchcase(model_id, p) for p in self.models)
 
 
 def load_key_file(path: Path) -> list[ApiKey]:
@@ -60,21 +69,22 @@ def save_key_file(path: Path, keys: list[ApiKey]) -> None:
 
 
 class KeyStore:
-    def __init__(self, keys: list[ApiKey], settings: Settings, admin_key: str | None = None):
-        self._by_hash: dict[str, Principal] = {}
-        for k in keys:
-            self._by_hash[k.sha256] = Principal(
-                name=k.name,
-                scopes=frozenset(k.scopes),
-                rpm=settings.default_rpm if k.rpm is None else k.rpm,
-                tpm=settings.default_tpm if k.tpm is None else k.tpm,
-                max_streams=settings.default_max_streams
-                if k.max_streams is None
-                else k.max_streams,
-            )
-        self.keys_on = bool(self._by_hash)
-        if admin_key:
-            self._by_hash.setdefault(hash_key(admin_key), Principal("admin", frozenset({"admin"})))
+    """The configured keys. A key file is read again when it changes (checked at most once every
+    ``RELOAD_EVERY`` seconds, on a request), so revoking a key needs no restart; a file that does
+    not parse keeps the keys the store had, and says so in the log."""
+
+    RELOAD_EVERY = 1.0
+
+    def __init__(
+        self,
+        keys: list[ApiKey],
+        settings: Settings,
+        admin_key: str | None = None,
+        key_file: Path | None = None,
+    ):
+        self._settings, self._static, self._admin_key = settings, list(keys), admin_key
+        self._file, self._stamp, self._checked = key_file, self._file_stamp(key_file), 0.0
+        self._build(self._static + (load_key_file(key_file) if key_file else []))
         self.anonymous = Principal(
             "anonymous",
             frozenset({"chat"}),
@@ -85,19 +95,63 @@ class KeyStore:
         self.public_health = settings.public_health
         self.public_metrics = settings.public_metrics
 
+    def _build(self, keys: list[ApiKey]) -> None:
+        settings, by_hash = self._settings, {}
+        for k in keys:
+            by_hash[k.sha256] = Principal(
+                name=k.name,
+                scopes=frozenset(k.scopes),
+                rpm=settings.default_rpm if k.rpm is None else k.rpm,
+                tpm=settings.default_tpm if k.tpm is None else k.tpm,
+                max_streams=settings.default_max_streams
+                if k.max_streams is None
+                else k.max_streams,
+                models=None if k.models is None else tuple(k.models),
+            )
+        # a configured key file means keys, even when every key in it has been revoked: an
+        # emptied file must never open the service to anyone
+        self.keys_on = bool(by_hash) or self._file is not None
+        if self._admin_key:
+            by_hash.setdefault(hash_key(self._admin_key), Principal("admin", frozenset({"admin"})))
+        self._by_hash = by_hash  # one assignment: a request sees the old keys or the new ones
+
+    @staticmethod
+    def _file_stamp(path: Path | None) -> tuple[int, int] | None:
+        try:
+            st = path.stat() if path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if self._file is None or now - self._checked < self.RELOAD_EVERY:
+            return
+        self._checked = now
+        stamp = self._file_stamp(self._file)
+        if stamp == self._stamp:
+            return
+        try:
+            keys = load_key_file(self._file)
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # pydantic's errors are ValueErrors
+            log.error("key file %s not reloaded, the old keys stay: %s", self._file, exc)
+            return
+        finally:
+            self._stamp = stamp
+        self._build(self._static + keys)
+        log.info("key file %s reloaded: %d keys", self._file, len(keys))
+
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyStore:
-        keys = list(settings.api_keys)
-        if settings.api_keys_file is not None:
-            keys += load_key_file(settings.api_keys_file)
         admin = settings.admin_key.get_secret_value() if settings.admin_key else None
-        return cls(keys, settings, admin)
+        return cls(list(settings.api_keys), settings, admin, settings.api_keys_file)
 
     @property
     def has_admin(self) -> bool:
         return any("admin" in p.scopes for p in self._by_hash.values())
 
     def authenticate(self, authorization: str | None) -> Principal | None:
+        self._maybe_reload()
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None

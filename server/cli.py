@@ -47,16 +47,14 @@ def serve(
     vllm_url: Annotated[
         str | None, typer.Option(help="vllm engine: a remote vLLM /v1 URL (else managed)")
     ] = None,
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: Annotated[str | None, typer.Option(help="default: TUTOR_LOG_LEVEL")] = None,
 ) -> None:
     """Run the gateway; every option also comes from TUTOR_* variables."""
     import uvicorn
 
     from server.app import create_app
+    from server.logs import configure
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = _settings(
         engine=engine,
         host=host,
@@ -64,17 +62,22 @@ def serve(
         model=model,
         upstream_url=upstream_url,
         vllm_url=vllm_url,
+        log_level=log_level,
     )
+    configure(settings.log_level, settings.log_format)
     gateway = create_app(settings)
     host = settings.host
     if not gateway.state.keys.keys_on and host not in LOOPBACK:
-        log.warning(
-            "no API keys configured: listening on 127.0.0.1 only, not %s "
-            "(configure TUTOR_API_KEYS or TUTOR_API_KEYS_FILE to open it up)",
+        # Refuse rather than bind loopback instead: a container's port mapping would be dead
+        # while its HEALTHCHECK, which probes loopback, says healthy.
+        log.error(
+            "refusing to listen on %s without API keys: anyone who can reach it could use it. "
+            "Create keys (tutor keys create NAME --file keys.yaml) and set TUTOR_API_KEYS_FILE, "
+            "or set TUTOR_HOST=127.0.0.1 for this machine only.",
             host,
         )
-        host = "127.0.0.1"
-    elif not gateway.state.keys.keys_on:
+        raise typer.Exit(2)
+    if not gateway.state.keys.keys_on:
         log.warning("no API keys configured: open to anyone on this machine (127.0.0.1 only)")
     if settings.ui:
         _mount_ui(gateway, host, settings.port, settings.ui_api_key)
@@ -82,7 +85,9 @@ def serve(
         gateway,
         host=host,
         port=settings.port,
-        log_level=log_level,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # server/logs.py's handlers, in TUTOR_LOG_FORMAT
+        access_log=False,  # the gateway writes its own line per request (server/observe.py)
         timeout_graceful_shutdown=settings.shutdown_grace,  # running streams may finish
     )
 

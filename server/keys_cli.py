@@ -29,6 +29,10 @@ def create(
     rpm: Annotated[int | None, typer.Option(help="requests per minute")] = None,
     tpm: Annotated[int | None, typer.Option(help="tokens per minute")] = None,
     max_streams: Annotated[int | None, typer.Option(help="concurrent requests")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="comma-separated model ids it may use, shell patterns (tutor-es-*)"),
+    ] = None,
 ) -> None:
     """Make a key for NAME; it is printed once and only its hash is stored."""
     keys = _load(file)
@@ -43,6 +47,7 @@ def create(
         rpm=rpm,
         tpm=tpm,
         max_streams=max_streams,
+        models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
     )
     save_key_file(file, [*keys, entry])
     typer.echo(key)
@@ -53,7 +58,8 @@ def list_(file: FileOpt) -> None:
     for k in _load(file):
         typer.echo(
             f"{k.name:24} {','.join(k.scopes):12} rpm={k.rpm} tpm={k.tpm} "
-            f"streams={k.max_streams} sha256={k.sha256[:12]}..."
+            f"streams={k.max_streams} models={','.join(k.models or ['*'])} "
+            f"sha256={k.sha256[:12]}..."
         )
 
 
@@ -65,4 +71,4 @@ def revoke(name: str, file: FileOpt) -> None:
         typer.echo(f"error: no key named {name!r}", err=True)
         raise typer.Exit(2)
     save_key_file(file, kept)
-    typer.echo(f"revoked {name} (restart the gateway to apply)")
+    typer.echo(f"revoked {name} (a running gateway reads the file again within a second)")

@@ -14,8 +14,8 @@ _PHASE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 class _Memo:
     """``labels()`` remembered per label values: each request looks up several labelled series,
-    and prometheus_client checks, converts and locks on every call. Series are never removed
-    here, so a remembered child stays the registered one."""
+    and prometheus_client checks, converts and locks on every call. ``remove`` forgets the
+    remembered child with the series, so a remembered child is always the registered one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -29,6 +29,10 @@ class _Memo:
         except KeyError:
             child = self._memo[values] = super().labels(*values)
             return child
+
+    def remove(self, *values: Any) -> None:
+        self._memo.pop(values, None)
+        super().remove(*values)
 
 
 class Counter(_Memo, prometheus_client.Counter):
@@ -44,9 +48,34 @@ class Histogram(_Memo, prometheus_client.Histogram):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, build: dict[str, str] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # the process (CPU, memory, open files) and the interpreter, as every Prometheus client
+        prometheus_client.ProcessCollector(registry=r)
+        prometheus_client.PlatformCollector(registry=r)
+        prometheus_client.GCCollector(registry=r)
+        self.build_info = Gauge(
+            "tutor_build_info",
+            "1, labelled with what is running: version, engine, base model",
+            list(build or {}),
+            registry=r,
+        )
+        if build:
+            self.build_info.labels(*build.values()).set(1)
+        self.http_requests = Counter(
+            "tutor_http_requests",
+            "HTTP requests by route template, method and status (errors included)",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "tutor_http_request_duration_seconds",
+            "From the request's arrival to the end of its response (a stream's last byte)",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.requests = Counter(
             "tutor_requests",
             "Chat requests by variant and outcome",
@@ -87,7 +116,8 @@ class Metrics:
 
         self.adapter_resident = Gauge(
             "tutor_adapter_resident",
-            "1 while an adapter version is loaded in the engine",
+            "1 while an adapter version is loaded in the engine (the series goes on unload, so "
+            "there are at most as many as resident versions)",
             ["adapter"],
             registry=r,
         )
@@ -105,6 +135,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_latency.labels(route, method).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

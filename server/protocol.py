@@ -143,8 +143,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tutor"
+    name: str | None = None  # for people: what a chat client shows in its model list
     parent: str | None = None
-    root: str | None = None
+    root: str | None = None  # the public id of the base model, never a path on the server
     metadata: dict[str, Any] | None = None
 
 

@@ -19,8 +19,9 @@ from adapters.shipped import register_shipped
 from adapters.validation import AdapterValidationError, validate_adapter
 from adapters.variants import Catalogue, Variant
 from server.adapter_manager import AdapterManager
+from server.auth import Principal
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
-from server.errors import InvalidAdapter, InvalidRequest, ModelNotFound
+from server.errors import Forbidden, InvalidAdapter, InvalidRequest, ModelNotFound
 from server.grounding import Corrector, Grounding, ground
 from server.limits import VariantGate
 from server.metrics import Metrics
@@ -154,6 +155,28 @@ class ChatService:
             version, ref = await self.adapters.version(model_id)
             return Target(model_id, self.catalogue.variants.get(version.variant), ref, None)
         raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
+
+    def visible(self, principal: Principal, model_id: str) -> bool:
+        """May this caller see the model in /v1/models and ask for it? With
+        ``TUTOR_PUBLIC_MODELS=variants`` a key without the admin scope sees the tutors only (no
+        ``@n`` versions, no bare base model); a key's own allow-list narrows it further."""
+        if not principal.may_use(model_id):
+            return False
+        if self.settings.public_models == "variants" and "admin" not in principal.scopes:
+            return model_id in self.catalogue.variants
+        return True
+
+    def check_access(self, principal: Principal, model_id: str) -> None:
+        """404 for a model hidden from this caller (as if it did not exist), 403 for one its
+        key's allow-list leaves out."""
+        if not principal.may_use(model_id):
+            raise Forbidden(
+                f"this key may not use the model {model_id!r}",
+                param="model",
+                code="model_not_allowed",
+            )
+        if not self.visible(principal, model_id):
+            raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
     async def prepare(self, req: ChatCompletionRequest) -> tuple[Target, GenerationRequest]:
         # Open WebUI's title/tags/follow-up requests go to a cheap model (server/tasks.py).
@@ -298,6 +321,8 @@ class ChatService:
                             timing.last = time.perf_counter()
                             m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)
                             m.tokens.labels(label, "completion").inc(delta.completion_tokens or 0)
+                            timing.prompt_tokens = delta.prompt_tokens
+                            timing.completion_tokens = delta.completion_tokens
                             status = "ok"
                         yield delta
         except (GeneratorExit, asyncio.CancelledError):  # the client went away
@@ -305,6 +330,7 @@ class ChatService:
                 status = "cancelled"
             raise
         finally:
+            timing.outcome = status
             m.in_flight.labels(label).dec()
             m.requests.labels(label, status).inc()
             m.latency.labels(label).observe(time.perf_counter() - timing.start)

@@ -26,6 +26,10 @@ class ApiKey(BaseModel):
     rpm: int | None = None
     tpm: int | None = None
     max_streams: int | None = None
+    models: list[str] | None = Field(
+        default=None,
+        description="Model ids this key may use (shell patterns, e.g. tutor-es-*); unset: all.",
+    )
 
 
 class Settings(BaseSettings):
@@ -101,6 +105,11 @@ class Settings(BaseSettings):
     vllm_url: str | None = Field(
         default=None, description="A remote vLLM's /v1 URL; unset: start a managed vLLM."
     )
+    vllm_api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key vLLM requires: sent to a remote vLLM, and a managed vLLM is "
+        "started with it (VLLM_API_KEY), so nothing else on the host can load adapters into it.",
+    )
     vllm_python: Path = Field(
         default=REPO / ".venv-vllm" / "bin" / "python",
         description="Interpreter of the virtual environment vLLM is installed in (`make vllm`).",
@@ -148,6 +157,12 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="YAML/JSON file of hashed keys (`tutor keys create` writes it)."
     )
+    public_models: Literal["all", "variants"] = Field(
+        default="all",
+        description="What chat-only keys see and may ask for: all (variants, the base model and "
+        "every @n version) or variants (the tutors only, as learners in Open WebUI should see "
+        "them; admin keys still see and use everything).",
+    )
     public_health: bool = Field(default=True, description="/health needs no key.")
     public_metrics: bool = Field(default=True, description="/metrics needs no key.")
     cors_origins: list[str] = Field(
@@ -170,6 +185,12 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         default=30.0, description="Seconds running streams may take to finish on shutdown."
     )
+
+    # Logs (server/logs.py): one line per request, with its x-request-id.
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line, for log collectors."
+    )
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     # Training and evaluation data (train/data.py reads TUTOR_DATA_DIR the same way).
     data_dir: Path | None = Field(

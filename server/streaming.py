@@ -74,6 +74,7 @@ async def sse_stream(
     *,
     model: str,
     include_usage: bool,
+    cid: str | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE bytes: a role chunk, a chunk per delta, the finish chunk, usage if asked, [DONE].
 
@@ -83,7 +84,7 @@ async def sse_stream(
     the number of writes changes, never the events or their timing: nothing waits for I/O to
     batch.
     """
-    events = _Events(completion_id(), now(), model)
+    events = _Events(cid or completion_id(), now(), model)
     pending = [events.role()]
     delta: TextDelta | None = first
     try:
@@ -108,7 +109,7 @@ async def sse_stream(
 
 
 async def collect(
-    first: TextDelta, rest: AsyncIterator[TextDelta], *, model: str
+    first: TextDelta, rest: AsyncIterator[TextDelta], *, model: str, cid: str | None = None
 ) -> dict[str, Any]:
     text: list[str] = []
     last = first
@@ -123,7 +124,7 @@ async def collect(
     finally:
         await rest.aclose()
     return {
-        "id": completion_id(),
+        "id": cid or completion_id(),
         "object": "chat.completion",
         "created": now(),
         "model": model,

@@ -33,7 +33,8 @@ def arrival(scope: dict) -> float:
 
 @dataclass
 class Timing:
-    """Filled in by the chat service as the request goes; read once its first token exists."""
+    """Filled in by the chat service as the request goes; read once its first token exists
+    (Server-Timing, metrics) and when the response is complete (the request's log line)."""
 
     start: float = field(default_factory=time.perf_counter)  # the request's arrival
     queue: float = 0.0
@@ -42,6 +43,9 @@ class Timing:
     upstream: float = 0.0
     first: float | None = None  # perf_counter() at the first token
     last: float | None = None  # perf_counter() at the last token (non-stream replies report it)
+    prompt_tokens: int | None = None  # the engine's usage, once the reply is complete
+    completion_tokens: int | None = None
+    outcome: str | None = None  # ok | cancelled | error, once the generation has ended
 
     @property
     def ttft(self) -> float:

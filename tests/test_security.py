@@ -531,7 +531,10 @@ def test_key_file_survives_kill_9_mid_write(tmp_path):
         assert [k.name for k in keys] == [f"k{j}" for j in range(len(keys))]
 
 
-def test_without_keys_serve_binds_loopback_only(tutor_home, tiny_path, tmp_path):
+def test_without_keys_serve_refuses_a_public_host(tutor_home, tiny_path, tmp_path):
+    """TUTOR_HOST=0.0.0.0 without keys stops with a message that says what to do, instead of
+    binding loopback (a container's mapped port would be dead while its HEALTHCHECK, probing
+    loopback, says healthy); with TUTOR_HOST=127.0.0.1 the same settings serve."""
     port = free_port()
     env = {
         **os.environ,
@@ -542,8 +545,18 @@ def test_without_keys_serve_binds_loopback_only(tutor_home, tiny_path, tmp_path)
         "TUTOR_UI": "false",
         "TUTOR_HOST": "0.0.0.0",
     }
+    done = subprocess.run([TUTOR, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without API keys" in done.stderr
+    assert "TUTOR_API_KEYS_FILE" in done.stderr and "TUTOR_HOST=127.0.0.1" in done.stderr
+    with pytest.raises(httpx.ConnectError):  # nothing listens
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
     proc = subprocess.Popen(
-        [TUTOR, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [TUTOR, "serve"],
+        env={**env, "TUTOR_HOST": "127.0.0.1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         out = []
@@ -552,7 +565,7 @@ def test_without_keys_serve_binds_loopback_only(tutor_home, tiny_path, tmp_path)
             if "Uvicorn running on" in line:
                 break
         text = "".join(out)
-        assert "no API keys configured: listening on 127.0.0.1 only" in text
+        assert "no API keys configured: open to anyone on this machine" in text
         assert f"Uvicorn running on http://127.0.0.1:{port}" in text
     finally:
         proc.send_signal(signal.SIGINT)

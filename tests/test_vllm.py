@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -27,6 +28,7 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store and buy apple."}]
 MAX_TOKENS = 10
+VLLM_KEY = "test-vllm-key"
 
 pytestmark = pytest.mark.skipif(
     not VLLM_PYTHON.exists(), reason="vLLM is not installed: run `make vllm`"
@@ -76,6 +78,7 @@ def gateway(world, tutor_home, tiny_path):
         adapter_dir=world["registry"].store,
         extra_adapter_roots=[root],
         admin_key="test-admin-key",
+        vllm_api_key=VLLM_KEY,  # every test below runs against a vLLM that requires a key
         vllm_port=free_port(),
         vllm_dtype="float32",  # float32 matches PEFT token for token; bf16 flips near-ties
         vllm_max_loras=2,
@@ -101,7 +104,10 @@ def _chat(url: str, model: str) -> tuple[str, httpx.Headers]:
 
 def _vllm_models(gateway) -> set[str]:
     port = gateway["settings"].vllm_port
-    return {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
+    r = httpx.get(
+        f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {VLLM_KEY}"}
+    )
+    return {m["id"] for m in r.json()["data"]}
 
 
 def test_adapters_load_on_demand_and_match_peft(gateway, world):
@@ -122,6 +128,8 @@ def test_adapters_load_on_demand_and_match_peft(gateway, world):
         if line.startswith("tutor_adapter_resident{") and line.endswith(" 1.0")
     ]
     assert len(resident) == 2, resident
+    series = [line for line in metrics.splitlines() if line.startswith("tutor_adapter_resident{")]
+    assert series == resident  # evicted versions leave no series behind
     loads = next(
         line for line in metrics.splitlines() if line.startswith("tutor_adapter_load_seconds_count")
     )
@@ -202,7 +210,8 @@ def test_promotion_under_load_fails_nothing_and_drains_the_old_version(gateway, 
         time.sleep(0.2)
     assert "tutor-es-l2@1" not in _vllm_models(gateway)
     assert "tutor-es-l2@2" in _vllm_models(gateway)
-    assert 'tutor_adapter_resident{adapter="tutor-es-l2@1"} 0.0' in httpx.get(f"{url}/metrics").text
+    # the unloaded version's series is gone, not left at 0: the series stay as few as the slots
+    assert 'tutor_adapter_resident{adapter="tutor-es-l2@1"}' not in httpx.get(f"{url}/metrics").text
 
 
 def test_rollback_and_cli_promotion_are_picked_up(gateway, world):
@@ -399,3 +408,26 @@ def test_killing_vllm_gives_503_then_recovers(gateway, world):
     text, headers = _chat(url, "tutor")  # adapters load again into the new process
     assert text == expected["tutor@1"]
     assert "x-tutor-adapter-load-ms" in headers
+
+
+def test_the_managed_vllm_requires_its_key(gateway):
+    """TUTOR_VLLM_API_KEY: nothing else on the host may use vLLM's API, least of all its runtime
+    LoRA loading; the gateway, which has the key, serves as before."""
+    base = f"http://127.0.0.1:{gateway['settings'].vllm_port}/v1"
+    assert httpx.get(f"{base}/models").status_code == 401
+    load = {"lora_name": "intruder", "lora_path": "/tmp"}
+    assert httpx.post(f"{base}/load_lora_adapter", json=load).status_code == 401
+    text, headers = _chat(gateway["url"], "tutor")
+    assert text and headers["x-tutor-adapter"] == "tutor@1"
+    pid = gateway["app"].state.service.engine.process.proc.pid
+    assert VLLM_KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # by environment
+
+
+def test_vllm_names_its_request_after_the_forwarded_id(gateway):
+    """The gateway forwards a request's x-request-id as X-Request-Id (tests/test_observability.py
+    shows it arrives upstream); this vLLM build takes that header as its request's name."""
+    base = f"http://127.0.0.1:{gateway['settings'].vllm_port}/v1"
+    body = {"model": "tiny-qwen3", "messages": LEARNER, "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {VLLM_KEY}", "X-Request-Id": "turn-42"}
+    r = httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200 and r.json()["id"] == "chatcmpl-turn-42"

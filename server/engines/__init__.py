@@ -91,12 +91,14 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
     from server.engines.vllm_engine import VLLMEngine
     from server.engines.vllm_process import VLLMProcess
 
+    key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
     if settings.vllm_url:
         return VLLMEngine(
             settings.vllm_url,
             served_model=public_id,
             max_lora_rank=settings.max_lora_rank,
             timeout=settings.upstream_timeout,
+            api_key=key or "none",
         )
     process = VLLMProcess(
         settings.vllm_python,
@@ -104,6 +106,8 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
         port=settings.vllm_port,
         start_timeout=settings.vllm_start_timeout,
         log_file=settings.home / "logs" / f"vllm-{settings.vllm_port}.log",
+        # by environment, not --api-key: a command line is visible to every user of the host
+        env={"VLLM_API_KEY": key} if key else None,
     )
     return VLLMEngine(
         process.url,
@@ -111,6 +115,7 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
         max_lora_rank=settings.max_lora_rank,
         process=process,
         timeout=settings.upstream_timeout,
+        api_key=key or "none",
         speculative=choose_speculation(settings.vllm_speculation, gpu=has_gpu()) is not None
         or "--speculative-config" in settings.vllm_extra_args,
     )

@@ -49,6 +49,7 @@ class GenerationRequest:
     params: SamplingParams
     adapter: AdapterRef | None = None
     upstream_model: str | None = None  # only engines that forward to another server use it
+    request_id: str | None = None  # the client's x-request-id: forwarded where an engine can
 
 
 @dataclass

@@ -104,7 +104,8 @@ class OpenAIEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
         payload = self._payload(request)
         body = orjson.dumps(payload)
-        stream = self._pool.chat(body) if self._pool else self._chat_httpx(body)
+        rid = request.request_id
+        stream = self._pool.chat(body, rid) if self._pool else self._chat_httpx(body, rid)
         try:
             status, data = await anext(stream)
             if status != 200:
@@ -126,14 +127,16 @@ class OpenAIEngine(Engine):
         finally:
             await stream.aclose()
 
-    async def _chat_httpx(self, body: bytes) -> AsyncIterator[tuple[Any, Any]]:
+    async def _chat_httpx(
+        self, body: bytes, request_id: str | None = None
+    ) -> AsyncIterator[tuple[Any, Any]]:
         """The chat call through httpx: yields (status, error body), then (bytes, last?)."""
+        headers = {"Content-Type": "application/json"}
+        if request_id:
+            headers["X-Request-Id"] = request_id
         try:
             async with self._client.stream(
-                "POST",
-                "/chat/completions",
-                content=body,
-                headers={"Content-Type": "application/json"},
+                "POST", "/chat/completions", content=body, headers=headers
             ) as resp:
                 if resp.status_code != 200:
                     yield resp.status_code, await resp.aread()
@@ -292,8 +295,8 @@ class _Pool:
         self.base_url = base_url
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
         self.timeout, self.connect_timeout = timeout, connect_timeout
+        self._first = f"POST {url.path.rstrip('/')}/chat/completions HTTP/1.1\r\n".encode()
         self._head = (
-            f"POST {url.path.rstrip('/')}/chat/completions HTTP/1.1\r\n"
             f"Host: {url.netloc}\r\n"
             f"Authorization: Bearer {api_key}\r\n"
             "Accept: */*\r\n"
@@ -332,9 +335,15 @@ class _Pool:
             conn.close()
         return None
 
-    async def chat(self, body: bytes) -> AsyncIterator[tuple[Any, Any]]:
-        """POST the chat request: yields (status, error body), then (bytes, last?) per read."""
-        request = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
+    async def chat(
+        self, body: bytes, request_id: str | None = None
+    ) -> AsyncIterator[tuple[Any, Any]]:
+        """POST the chat request: yields (status, error body), then (bytes, last?) per read.
+        ``request_id`` goes out as ``X-Request-Id`` (vLLM names its request after it)."""
+        head = self._head
+        if request_id:  # already checked: no CR/LF can get in (server/observe.py)
+            head = b"X-Request-Id: " + request_id.encode() + b"\r\n" + head
+        request = self._first + head + str(len(body)).encode() + b"\r\n\r\n" + body
         async with self._slots:
             conn, reusable = None, False
             try:

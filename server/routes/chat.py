@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth import Principal, requires
+from server.observe import record, request_id
 from server.protocol import (
     COMMON_ERRORS,
     ChatCompletion,
     ChatCompletionRequest,
+    completion_id,
     error_responses,
 )
 from server.routes.deps import ServiceDep
@@ -39,9 +42,17 @@ async def create_chat_completion(
     principal: Annotated[Principal, Depends(requires("chat"))],
 ):
     timing = Timing(arrival(request.scope))
+    rec = record(request.scope)
+    rec.update(key=principal.name, model=body.model, stream=body.stream)
+    service.check_access(principal, body.model)
     limiter = request.app.state.limiter
     limiter.admit(principal)
     target, gen_request = await service.prepare(body)
+    gen_request = replace(gen_request, request_id=request_id(request.scope))
+    cid = completion_id()
+    rec.update(
+        variant=target.model_id, adapter=target.adapter_label, completion_id=cid, timing=timing
+    )
     deltas = limiter.hold(principal, service.generate(target, gen_request, timing))
     # Wait for the first delta before answering: an engine that is down or a bad adapter still
     # gets a real HTTP status instead of an error hidden inside a 200 stream.
@@ -54,15 +65,15 @@ async def create_chat_completion(
     if "adapter_load_s" in first.extra:  # this request paid for a cold adapter load
         headers["x-tutor-adapter-load-ms"] = f"{first.extra['adapter_load_s'] * 1000:.1f}"
     if "grounding" in first.extra:  # changed | unchanged | rejected: what the corrector did
-        headers["x-tutor-grounding"] = first.extra["grounding"]
+        headers["x-tutor-grounding"] = rec["grounding"] = first.extra["grounding"]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         headers["server-timing"] = timing.server_timing()
         return StreamingResponse(
-            sse_stream(first, deltas, model=body.model, include_usage=include_usage),
+            sse_stream(first, deltas, model=body.model, include_usage=include_usage, cid=cid),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    reply = await collect(first, deltas, model=body.model)
+    reply = await collect(first, deltas, model=body.model, cid=cid)
     headers["server-timing"] = timing.server_timing()  # with decode: the reply is complete
     return JSONResponse(reply, headers=headers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -30,5 +30,6 @@ async def health(service: ServiceDep) -> dict:
         **error_responses(*COMMON_ERRORS),
     },
 )
-async def metrics(service: ServiceDep) -> Response:
-    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    # the app's, not the service's: there from the first request on, while the engine starts too
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

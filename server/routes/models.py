@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from server.auth import requires
 from server.errors import ModelNotFound
@@ -17,7 +17,7 @@ router = APIRouter(dependencies=[Depends(requires("chat"))])
 
 async def model_cards(service: ChatService) -> list[ModelCard]:
     base = service.base_id
-    cards = [ModelCard(id=base, created=service.created, root=service.base_source)]
+    cards = [ModelCard(id=base, created=service.created, name=base, root=base)]
     correctors = {}  # a grounded turn's corrector, where the catalogue names another model
     for v in service.catalogue.variants.values():
         if v.corrector is not None:
@@ -33,7 +33,9 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
             "corrector": correctors.get(v.id),
         }
         cards.append(
-            ModelCard(id=v.id, created=service.created, parent=base, root=base, metadata=meta)
+            ModelCard(
+                id=v.id, created=service.created, name=v.name, parent=base, root=base, metadata=meta
+            )
         )
     if service.adapters is not None:
         versions = await asyncio.to_thread(service.registry.list)
@@ -51,6 +53,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
                 ModelCard(
                     id=ver.name,
                     created=int(ver.created),
+                    name=ver.name,
                     parent=ver.variant,
                     root=base,
                     metadata=meta,
@@ -65,8 +68,10 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
     response_model_exclude_none=True,
     responses=error_responses(*COMMON_ERRORS),
 )
-async def list_models(service: ServiceDep) -> ModelList:
-    return ModelList(data=await model_cards(service))
+async def list_models(service: ServiceDep, request: Request) -> ModelList:
+    principal = request.state.principal
+    cards = [c for c in await model_cards(service) if service.visible(principal, c.id)]
+    return ModelList(data=cards)
 
 
 @router.get(
@@ -75,7 +80,8 @@ async def list_models(service: ServiceDep) -> ModelList:
     response_model_exclude_none=True,
     responses=error_responses(*COMMON_ERRORS, 404),
 )
-async def get_model(model_id: str, service: ServiceDep) -> ModelCard:
+async def get_model(model_id: str, service: ServiceDep, request: Request) -> ModelCard:
+    service.check_access(request.state.principal, model_id)
     for card in await model_cards(service):
         if card.id == model_id:
             return card
@@ -91,6 +97,11 @@ async def get_model(model_id: str, service: ServiceDep) -> ModelCard:
         }
         base = service.base_id
         return ModelCard(
-            id=model_id, created=service.created, parent=base, root=base, metadata=meta
+            id=model_id,
+            created=service.created,
+            name=model_id,
+            parent=base,
+            root=base,
+            metadata=meta,
         )
     raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
