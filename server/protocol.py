@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Scaffolding = Literal["recast", "elicitation", "expansion", "metalinguistic"]
 Level = Literal["beginner", "intermediate", "advanced"]
@@ -43,6 +43,33 @@ class StreamOptions(_Open):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Open):
+    """OpenAI's ``response_format.json_schema``: the reply must match ``schema``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema")
+        return self
+
+    def for_engine(self) -> dict[str, Any] | None:
+        """What an engine must honour: None for plain text, which every engine writes."""
+        if self.type == "text":
+            return None
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class ChatCompletionRequest(_Open):
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -60,6 +87,9 @@ class ChatCompletionRequest(_Open):
         default=None, description="Token id (as a string) -> bias in [-100, 100]."
     )
     user: str | None = Field(default=None, max_length=256)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
     scaffolding: Scaffolding | None = None
     level: Level | None = None
@@ -100,11 +130,15 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class ChoiceLogprobs(BaseModel):
+    content: list[dict[str, Any]] | None = None  # per token: token, logprob, bytes, top_logprobs
+
+
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -126,7 +160,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

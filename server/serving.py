@@ -192,6 +192,8 @@ class ChatService:
                 f"{self.settings.max_context} tokens",
                 param="max_completion_tokens" if req.max_completion_tokens else "max_tokens",
             )
+        if req.top_logprobs is not None and not req.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=req.temperature if req.temperature is not None else defaults["temperature"],
@@ -202,6 +204,9 @@ class ChatService:
             frequency_penalty=req.frequency_penalty,
             logit_bias=_logit_bias(req.logit_bias),
             user=req.user,
+            response_format=req.response_format.for_engine() if req.response_format else None,
+            logprobs=True if req.logprobs else None,
+            top_logprobs=req.top_logprobs if req.logprobs else None,
         )
         for name in params.optional():
             if name not in self.engine.optional_params:

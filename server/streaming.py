@@ -60,6 +60,16 @@ class _Events:
     def content(self, text: str) -> bytes:
         return self._choice + b'{"content":' + orjson.dumps(text) + b"}" + _OPEN
 
+    def content_with_logprobs(self, text: str, logprobs: list[dict[str, Any]]) -> bytes:
+        return (
+            self._choice
+            + b'{"content":'
+            + orjson.dumps(text)
+            + b'},"logprobs":{"content":'
+            + orjson.dumps(logprobs)
+            + b'},"finish_reason":null}]}\n\n'
+        )
+
     def finish(self, reason: str) -> bytes:
         end = b',"logprobs":null,"finish_reason":' + orjson.dumps(reason) + b"}]}\n\n"
         return self._choice + b"{}" + end
@@ -89,7 +99,9 @@ async def sse_stream(
     delta: TextDelta | None = first
     try:
         while delta is not None:
-            if delta.text:
+            if delta.logprobs:
+                pending.append(events.content_with_logprobs(delta.text, delta.logprobs))
+            elif delta.text:
                 pending.append(events.content(delta.text))
             if delta.finish_reason is not None:
                 pending.append(events.finish(delta.finish_reason))
@@ -112,11 +124,15 @@ async def collect(
     first: TextDelta, rest: AsyncIterator[TextDelta], *, model: str, cid: str | None = None
 ) -> dict[str, Any]:
     text: list[str] = []
+    logprobs: list[dict[str, Any]] | None = None
     last = first
     delta: TextDelta | None = first
     try:
         while delta is not None:
             text.append(delta.text)
+            if delta.logprobs:
+                logprobs = logprobs if logprobs is not None else []
+                logprobs.extend(delta.logprobs)
             last = delta
             if delta.finish_reason is not None:
                 break
@@ -132,7 +148,7 @@ async def collect(
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": "".join(text)},
-                "logprobs": None,
+                "logprobs": None if logprobs is None else {"content": logprobs},
                 "finish_reason": last.finish_reason or "stop",
             }
         ],

@@ -304,15 +304,27 @@ def test_server_timing_splits_the_wait_for_the_first_token(server, client):
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"frequency_penalty": 1.0}, "frequency_penalty"),
-        ({"logit_bias": {"42": 10}}, "logit_bias"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "r", "schema": {}},
+                }
+            },
+            "response_format",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),  # no schema
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logit_bias": {"apple": 10}}, "logit_bias"),  # not a token id, on any engine
         ({"logit_bias": {"42": 500}}, "logit_bias"),  # out of [-100, 100]
     ],
 )
 def test_parameters_this_engine_cannot_honour_are_a_400_naming_them(client, extra, param):
-    """Never answered as if they had not been sent (vLLM honours them: tests/test_vllm.py)."""
+    """Never answered as if they had not been sent: structured output is vLLM's
+    (tests/test_vllm.py); bad values are a 400 on any engine."""
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="tutor", messages=LEARNER, max_tokens=2, extra_body=extra
@@ -321,6 +333,48 @@ def test_parameters_this_engine_cannot_honour_are_a_400_naming_them(client, extr
     # `user` only labels the request: accepted
     ok = client.chat.completions.create(model="tutor", messages=LEARNER, max_tokens=2, user="u1")
     assert ok.choices[0].message.content is not None
+
+
+def test_penalties_logit_bias_and_logprobs_in_the_transformers_engine(client, tiny_path):
+    """OpenAI's sampling extras, honoured in-process: a bias forces a token, a frequency penalty
+    changes a greedy reply that repeats itself, logprobs come back in both shapes and agree."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    forced = tok.encode(" apple", add_special_tokens=False)[0]
+    ask = {"model": "tutor", "messages": LEARNER, "max_tokens": 6, "temperature": 0}
+    biased = client.chat.completions.create(**ask, logit_bias={str(forced): 100})
+    assert biased.choices[0].message.content == tok.decode([forced] * 6)
+    long = {**ask, "max_tokens": 24}
+    plain = client.chat.completions.create(**long).choices[0].message.content
+    assert client.chat.completions.create(**long, frequency_penalty=2.0).choices[
+        0
+    ].message.content not in (plain, None)
+    assert client.chat.completions.create(**long, presence_penalty=2.0).choices[
+        0
+    ].message.content not in (plain, None)
+    zero = client.chat.completions.create(**long, presence_penalty=0.0, frequency_penalty=0.0)
+    assert zero.choices[0].message.content == plain  # no penalty, no change
+    reply = client.chat.completions.create(**ask, logprobs=True, top_logprobs=3)
+    entries = reply.choices[0].logprobs.content
+    assert "".join(e.token for e in entries) == reply.choices[0].message.content
+    assert len(entries) == reply.usage.completion_tokens - (
+        reply.choices[0].finish_reason == "stop"
+    )
+    for e in entries:  # greedy: the chosen token is the most likely one
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+        assert e.logprob == pytest.approx(e.top_logprobs[0].logprob) and e.logprob <= 0
+        assert bytes(e.bytes).decode() == e.token
+    chunks = list(client.chat.completions.create(**ask, logprobs=True, top_logprobs=3, stream=True))
+    streamed = [
+        e
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [
+        (e.token, round(e.logprob, 4)) for e in entries
+    ]
 
 
 def test_unknown_route_is_openai_shaped(server):

@@ -51,6 +51,17 @@ def _access_lines(caplog) -> list[dict]:
     return [r.fields for r in caplog.records if r.name == "tutor.access"]
 
 
+def _lines_of(caplog, rid: str, n: int = 1) -> list[dict]:
+    """The request's lines, once ``n`` are there: a line is written when its response is
+    complete, which can be a moment after the client has read the last byte."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [f for f in _access_lines(caplog) if f["request_id"] == rid]
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def test_every_response_carries_a_request_id_and_a_log_line(gateway, caplog):
     caplog.set_level(logging.INFO, logger="tutor.access")
     client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=CHAT, max_retries=0)
@@ -72,6 +83,7 @@ def test_every_response_carries_a_request_id_and_a_log_line(gateway, caplog):
         httpx.post(f"{gateway}/v1/chat/completions", headers=_auth(CHAT), content=b"{"),
     ):
         assert r.status_code in (401, 404, 400, 422) and r.headers["x-request-id"]
+    _lines_of(caplog, rid)
     lines = {line["request_id"]: line for line in _access_lines(caplog)}
     chat = lines[rid]
     assert chat["key"] == "school" and CHAT not in json.dumps(chat)  # the name, never the key
@@ -219,7 +231,7 @@ def test_the_request_id_reaches_the_upstream(tutor_home, tiny_path, caplog):
                     json={"model": "tutor", "messages": LEARNER, "max_tokens": 2, "stream": stream},
                 )
                 assert r.status_code == 200 and r.headers["x-request-id"] == rid
-                seen = [f for f in _access_lines(caplog) if f["request_id"] == rid]
+                seen = _lines_of(caplog, rid, 2)
                 assert len(seen) == 2, seen  # the front's line and the upstream's
                 assert {f["route"] for f in seen} == {"/v1/chat/completions"}
 

@@ -33,6 +33,9 @@ class SamplingParams:
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None  # token id (a decimal string, as OpenAI's) -> bias
     user: str | None = None
+    response_format: dict[str, Any] | None = None  # json_object / json_schema, as OpenAI's
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     def optional(self) -> dict[str, Any]:
         """The optional parameters this request set, by their OpenAI names."""
@@ -40,7 +43,15 @@ class SamplingParams:
 
 
 # OpenAI chat parameters an engine may or may not honour; it says which in optional_params.
-OPTIONAL_PARAMS = ("presence_penalty", "frequency_penalty", "logit_bias", "user")
+OPTIONAL_PARAMS = (
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class TextDelta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # with logprobs asked: OpenAI's entries (token, logprob, bytes, top_logprobs) for its tokens
+    logprobs: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

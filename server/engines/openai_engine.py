@@ -195,8 +195,9 @@ class _SSEDecoder:
                 self.usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content") or ""
-                if text:
-                    out.append(TextDelta(text=text))
+                logprobs = (choice.get("logprobs") or {}).get("content")
+                if text or logprobs:
+                    out.append(TextDelta(text=text, logprobs=logprobs))
                 if choice.get("finish_reason"):
                     self.finish = choice["finish_reason"]
         return out

@@ -31,8 +31,11 @@ class _Cancelled(Exception):
 
 class TransformersEngine(Engine):
     name = "transformers"
-    # `user` only labels the request; penalties and logit_bias are not implemented here (a 400)
-    optional_params = frozenset({"user"})
+    # OpenAI's sampling extras, implemented below (``_Processor``); structured output
+    # (response_format) is vLLM's, so here it is a 400 naming it
+    optional_params = frozenset(
+        {"user", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs"}
+    )
 
     def __init__(self, model_source: str, *, dtype: str = "float32", max_lora_rank: int = 64):
         self.model_source = model_source
@@ -165,7 +168,14 @@ class TransformersEngine(Engine):
         cancel: threading.Event,
     ) -> None:
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers import (
+            GenerationConfig,
+            LogitsProcessorList,
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         if request.adapter is not None and request.adapter.name not in self._adapters:
             self._load_adapter_sync(request.adapter)
@@ -179,12 +189,20 @@ class TransformersEngine(Engine):
         gen_config = GenerationConfig(
             max_new_tokens=p.max_tokens,
             do_sample=sample,
-            temperature=p.temperature if sample else None,
-            top_p=p.top_p if sample else None,
             eos_token_id=self._eos_ids,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids[0],
         )
-        stream = _DeltaStreamer(tok, StopMatcher(p.stop), emit, self._eos_ids)
+        # OpenAI's order, as vLLM's: logprobs of the raw distribution, then penalties and bias,
+        # then temperature and top-p (transformers would put a caller's processors last)
+        openai = _Processor(prompt_tokens, p)
+        chain: list[Any] = [openai]
+        if sample and p.temperature != 1.0:
+            chain.append(TemperatureLogitsWarper(p.temperature))
+        if sample and p.top_p < 1.0:
+            chain.append(TopPLogitsWarper(p.top_p))
+        top = p.top_logprobs or 0
+        logprobs = _Logprobs(tok, openai.steps, top) if p.logprobs else None
+        stream = _DeltaStreamer(tok, StopMatcher(p.stop), emit, self._eos_ids, logprobs)
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
@@ -198,6 +216,7 @@ class TransformersEngine(Engine):
                 **inputs,
                 generation_config=gen_config,
                 streamer=stream,
+                logits_processor=LogitsProcessorList(chain),
                 stopping_criteria=StoppingCriteriaList([_Stop()]),
             )
         if cancel.is_set():
@@ -212,6 +231,7 @@ class TransformersEngine(Engine):
                 finish_reason=reason,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=stream.count,
+                logprobs=stream.take_logprobs(),
             )
         )
 
@@ -224,19 +244,93 @@ class TransformersEngine(Engine):
         return contextlib.nullcontext()
 
 
+class _Processor:
+    """OpenAI's presence and frequency penalties and ``logit_bias``, as vLLM applies them (to the
+    logits, counting the tokens generated so far), and a record of each step's raw log
+    probabilities for ``logprobs``. A transformers ``LogitsProcessor`` by its call signature."""
+
+    def __init__(self, prompt_len: int, params: Any) -> None:
+        self.prompt_len = prompt_len
+        self.presence = params.presence_penalty or 0.0
+        self.frequency = params.frequency_penalty or 0.0
+        self.bias = {int(k): float(v) for k, v in (params.logit_bias or {}).items()}
+        self.keep = bool(params.logprobs)
+        self.steps: list[Any] = []  # per generated token: log-softmax of the raw logits
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.keep:
+            self.steps.append(torch.log_softmax(scores[0].float(), dim=-1))
+        if self.presence or self.frequency:
+            out = input_ids[0, self.prompt_len :]
+            if out.numel():
+                counts = torch.bincount(out, minlength=scores.shape[-1])[: scores.shape[-1]]
+                counts = counts.to(scores.dtype)
+                scores = (
+                    scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+                )
+        if self.bias:
+            scores = scores.clone()
+            for token, bias in self.bias.items():
+                if 0 <= token < scores.shape[-1]:
+                    scores[:, token] += bias
+        return scores
+
+
+class _Logprobs:
+    """OpenAI's ``logprobs.content`` entries for the tokens the model chose."""
+
+    def __init__(self, tokenizer: Any, steps: list[Any], top: int) -> None:
+        self.tokenizer, self.steps, self.top = tokenizer, steps, top
+        self.step = 0
+
+    def _entry(self, token: int, logprob: float) -> dict[str, Any]:
+        text = self.tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    def entry(self, token: int) -> dict[str, Any]:
+        import torch
+
+        dist, self.steps[self.step] = self.steps[self.step], None  # a vocabulary a token: free it
+        self.step += 1
+        out = self._entry(token, float(dist[token]))
+        if self.top:
+            values, ids = torch.topk(dist, self.top)
+            out["top_logprobs"] = [
+                self._entry(int(i), float(v)) for v, i in zip(values, ids, strict=True)
+            ]
+        else:
+            out["top_logprobs"] = []
+        return out
+
+
 class _DeltaStreamer:
     """A transformers streamer that turns token ids into text deltas as they are produced."""
 
-    def __init__(self, tokenizer: Any, matcher: StopMatcher, emit: Callable, eos_ids: list[int]):
+    def __init__(
+        self,
+        tokenizer: Any,
+        matcher: StopMatcher,
+        emit: Callable,
+        eos_ids: list[int],
+        logprobs: _Logprobs | None = None,
+    ):
         self.tokenizer = tokenizer
         self.matcher = matcher
         self.emit = emit
         self.eos_ids = set(eos_ids)
+        self.logprobs = logprobs
+        self.pending: list[dict[str, Any]] = []  # entries of tokens whose text is not out yet
         self.ids: list[int] = []
         self.sent = ""
         self.count = 0
         self.saw_eos = False
         self._prompt_seen = False
+
+    def take_logprobs(self) -> list[dict[str, Any]] | None:
+        out, self.pending = self.pending, []
+        return out or None
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt
@@ -244,9 +338,12 @@ class _DeltaStreamer:
             return
         for token in value.reshape(-1).tolist():
             self.count += 1
+            entry = self.logprobs.entry(token) if self.logprobs else None
             if token in self.eos_ids:
                 self.saw_eos = True
                 continue
+            if entry is not None and not self.matcher.stopped:
+                self.pending.append(entry)
             self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # a multi-byte character is not finished yet
@@ -254,7 +351,7 @@ class _DeltaStreamer:
         new, self.sent = text[len(self.sent) :], text
         out = self.matcher.feed(new) if new else ""
         if out:
-            self.emit(TextDelta(text=out))
+            self.emit(TextDelta(text=out, logprobs=self.take_logprobs()))
 
     def end(self) -> None:
         pass
