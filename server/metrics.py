@@ -128,6 +128,12 @@ class Metrics:
             registry=r,
         )
 
+        self.tools_ignored = Counter(
+            "tutor_tools_ignored",
+            "Chat requests whose tools were dropped (TUTOR_TOOLS=ignore), by variant",
+            ["variant"],
+            registry=r,
+        )
         self.grounding = Histogram(
             "tutor_grounding_seconds",
             "The corrector turn of a grounded recast, by outcome (changed/unchanged/rejected)",

@@ -1,6 +1,7 @@
 """Wire models of the OpenAI-compatible API.
 
-Requests accept unknown fields (Open WebUI sends ``tools``, ``params`` and more) and ignore them.
+Requests accept unknown fields (Open WebUI sends ``params`` and more) and ignore them; ``tools``
+follow the TUTOR_TOOLS setting (server/serving.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class ChatMessage(_Open):
     role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def text(self) -> str:
         """The message as plain text; only text parts carry meaning for a language tutor."""
@@ -88,6 +91,11 @@ class ChatCompletionRequest(_Open):
     )
     user: str | None = Field(default=None, max_length=256)
     response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Ignored, refused or forwarded: the TUTOR_TOOLS setting."
+    )
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
@@ -127,7 +135,8 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChoiceLogprobs(BaseModel):
@@ -137,7 +146,7 @@ class ChoiceLogprobs(BaseModel):
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -159,7 +168,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     logprobs: ChoiceLogprobs | None = None
 
 

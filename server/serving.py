@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
+from typing import Any
 
 from adapters.registry import Registry
 from adapters.shipped import register_shipped
@@ -86,6 +87,7 @@ class ChatService:
         self.base_id = base_id
         self.base_source = base_source
         self.metrics = metrics
+        self._tools_logged: set[str] = set()  # clients told that their tools are ignored
         self.registry = registry
         self.created = int(time.time())
         self.adapters: AdapterManager | None = None  # None: the upstream owns its adapters
@@ -178,12 +180,44 @@ class ChatService:
         if not self.visible(principal, model_id):
             raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
-    async def prepare(self, req: ChatCompletionRequest) -> tuple[Target, GenerationRequest]:
+    def _tools(self, req: ChatCompletionRequest, target: Target, client: str) -> dict[str, Any]:
+        """What becomes of a request's tools (``TUTOR_TOOLS``): the parameters to forward, or
+        nothing. Ignoring is counted per variant and logged once per client (key name), so an
+        operator sees that Open WebUI's built-in tools are being dropped."""
+        if not req.tools:
+            return {}
+        mode = self.settings.tools
+        if mode == "reject":
+            raise InvalidRequest(
+                "this service does not call tools (TUTOR_TOOLS=reject): send the request "
+                "without `tools`",
+                param="tools",
+            )
+        if mode == "ignore":
+            self.metrics.tools_ignored.labels(target.model_id).inc()
+            if client not in self._tools_logged:
+                self._tools_logged.add(client)
+                log.info(
+                    "ignoring the tools of %s's requests (TUTOR_TOOLS=ignore; counted in "
+                    "tutor_tools_ignored_total)",
+                    client,
+                )
+            return {}
+        return {
+            "tools": req.tools,
+            "tool_choice": req.tool_choice,
+            "parallel_tool_calls": req.parallel_tool_calls,
+        }
+
+    async def prepare(
+        self, req: ChatCompletionRequest, client: str = "anonymous"
+    ) -> tuple[Target, GenerationRequest]:
         # Open WebUI's title/tags/follow-up requests go to a cheap model (server/tasks.py).
         self._check_size(req)
         target = await self.resolve(task_model(req, self.settings, self.base_id) or req.model)
         target = replace(target, grounded=self._grounded(target, req))
-        messages = self._messages(target.variant, req)
+        tools = self._tools(req, target, client)
+        messages = self._messages(target.variant, req, keep_tool_turns=bool(tools))
         defaults = {**BASE_DEFAULTS, **(target.variant.defaults if target.variant else {})}
         max_tokens = req.max_completion_tokens or req.max_tokens or int(defaults["max_tokens"])
         if max_tokens > self.settings.max_context:
@@ -207,6 +241,7 @@ class ChatService:
             response_format=req.response_format.for_engine() if req.response_format else None,
             logprobs=True if req.logprobs else None,
             top_logprobs=req.top_logprobs if req.logprobs else None,
+            **tools,
         )
         for name in params.optional():
             if name not in self.engine.optional_params:
@@ -261,14 +296,23 @@ class ChatService:
                     ) from None
 
     @staticmethod
-    def _messages(variant: Variant | None, req: ChatCompletionRequest) -> list[dict[str, str]]:
-        """The persona comes first; a client's own system message is kept right after it."""
+    def _messages(
+        variant: Variant | None, req: ChatCompletionRequest, *, keep_tool_turns: bool = False
+    ) -> list[dict[str, Any]]:
+        """The persona comes first; a client's own system message is kept right after it.
+        With tools forwarded, the tool calls and tool results of the history go along."""
         client_system = [m.text() for m in req.messages if m.role in ("system", "developer")]
-        turns = [
-            {"role": m.role, "content": m.text()}
-            for m in req.messages
-            if m.role in ("user", "assistant")
-        ]
+        roles = ("user", "assistant", "tool") if keep_tool_turns else ("user", "assistant")
+        turns: list[dict[str, Any]] = []
+        for m in req.messages:
+            if m.role not in roles:
+                continue
+            turn: dict[str, Any] = {"role": m.role, "content": m.text()}
+            if keep_tool_turns and m.tool_calls:
+                turn["tool_calls"] = m.tool_calls
+            if keep_tool_turns and m.tool_call_id:
+                turn["tool_call_id"] = m.tool_call_id
+            turns.append(turn)
         if not any(t["role"] == "user" for t in turns):
             raise InvalidRequest(
                 "messages must contain at least one user message", param="messages"

@@ -157,6 +157,17 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="YAML/JSON file of hashed keys (`tutor keys create` writes it)."
     )
+    tools: Literal["ignore", "reject", "forward"] = Field(
+        default="ignore",
+        description="A request's `tools`: ignore (answer without them, counted in /metrics and "
+        "logged once per key; Open WebUI sends its built-in tools with every chat), reject (a "
+        "400 naming `tools`), or forward (to vLLM or the upstream, which return `tool_calls`).",
+    )
+    vllm_tool_parser: str = Field(
+        default="hermes",
+        description="With TUTOR_TOOLS=forward, the managed vLLM's --tool-call-parser for "
+        '`tool_choice: "auto"` (hermes: Qwen3\'s format); a named tool needs none.',
+    )
     public_models: Literal["all", "variants"] = Field(
         default="all",
         description="What chat-only keys see and may ask for: all (variants, the base model and "

@@ -70,6 +70,9 @@ class _Events:
             + b'},"finish_reason":null}]}\n\n'
         )
 
+    def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
+        return self._choice + b'{"tool_calls":' + orjson.dumps(calls) + b"}" + _OPEN
+
     def finish(self, reason: str) -> bytes:
         end = b',"logprobs":null,"finish_reason":' + orjson.dumps(reason) + b"}]}\n\n"
         return self._choice + b"{}" + end
@@ -103,6 +106,8 @@ async def sse_stream(
                 pending.append(events.content_with_logprobs(delta.text, delta.logprobs))
             elif delta.text:
                 pending.append(events.content(delta.text))
+            if delta.tool_calls:
+                pending.append(events.tool_calls(delta.tool_calls))
             if delta.finish_reason is not None:
                 pending.append(events.finish(delta.finish_reason))
                 if include_usage:
@@ -125,6 +130,7 @@ async def collect(
 ) -> dict[str, Any]:
     text: list[str] = []
     logprobs: list[dict[str, Any]] | None = None
+    calls: dict[int, dict[str, Any]] = {}  # tool calls by index, their arguments joined
     last = first
     delta: TextDelta | None = first
     try:
@@ -133,6 +139,8 @@ async def collect(
             if delta.logprobs:
                 logprobs = logprobs if logprobs is not None else []
                 logprobs.extend(delta.logprobs)
+            for call in delta.tool_calls or ():
+                _merge_call(calls, call)
             last = delta
             if delta.finish_reason is not None:
                 break
@@ -147,10 +155,35 @@ async def collect(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(text)},
+                "message": _message("".join(text), calls),
                 "logprobs": None if logprobs is None else {"content": logprobs},
                 "finish_reason": last.finish_reason or "stop",
             }
         ],
         "usage": _usage(last),
+    }
+
+
+def _merge_call(calls: dict[int, dict[str, Any]], part: dict[str, Any]) -> None:
+    """One streamed tool-call delta into the call it belongs to (OpenAI streams the id, type
+    and name once, then the arguments in pieces)."""
+    call = calls.setdefault(
+        part.get("index", 0), {"id": None, "type": "function", "function": {"name": None}}
+    )
+    call["id"] = part.get("id") or call["id"]
+    call["type"] = part.get("type") or call["type"]
+    fn = part.get("function") or {}
+    call["function"]["name"] = fn.get("name") or call["function"]["name"]
+    call["function"]["arguments"] = call["function"].get("arguments", "") + (
+        fn.get("arguments") or ""
+    )
+
+
+def _message(text: str, calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    if not calls:
+        return {"role": "assistant", "content": text}
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [calls[i] for i in sorted(calls)],
     }

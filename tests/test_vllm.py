@@ -79,6 +79,7 @@ def gateway(world, tutor_home, tiny_path):
         extra_adapter_roots=[root],
         admin_key="test-admin-key",
         vllm_api_key=VLLM_KEY,  # every test below runs against a vLLM that requires a key
+        tools="forward",  # tools reach vLLM (test_tools_are_forwarded_to_vllm)
         vllm_port=free_port(),
         vllm_dtype="float32",  # float32 matches PEFT token for token; bf16 flips near-ties
         vllm_max_loras=2,
@@ -387,6 +388,58 @@ def test_json_mode_and_logprobs_reach_vllm(gateway):
         for e in c.choices[0].logprobs.content
     ]
     assert streamed == [e.token for e in entries]
+
+
+def test_tools_are_forwarded_to_vllm(gateway):
+    """TUTOR_TOOLS=forward: a named tool comes back as a tool call, collected and streamed alike;
+    a history with the call and its result is taken. (What the arguments say is the model's: the
+    random tiny model writes a JSON string where the schema asks for an object, and with
+    ``strict`` pads the object with whitespace to max_tokens.)"""
+    client = _client(gateway["url"])
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup_word",
+            "description": "Look a word up in the dictionary",
+            "parameters": {
+                "type": "object",
+                "properties": {"word": {"type": "string", "maxLength": 12}},
+                "required": ["word"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    ask = {
+        "model": "tutor",
+        "messages": LEARNER,
+        "max_tokens": 60,
+        "temperature": 0,
+        "tools": [tool],
+        "tool_choice": {"type": "function", "function": {"name": "lookup_word"}},
+    }
+    reply = client.chat.completions.create(**ask)
+    (call,) = reply.choices[0].message.tool_calls
+    assert call.function.name == "lookup_word" and call.id and call.type == "function"
+    assert reply.choices[0].finish_reason in ("stop", "tool_calls")
+    json.loads(call.function.arguments)  # JSON, whatever the random model put in it
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    parts = [
+        t
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+        for t in c.choices[0].delta.tool_calls
+    ]
+    assert parts and parts[0].function.name == "lookup_word"
+    assert "".join(t.function.arguments or "" for t in parts) == call.function.arguments
+    history = [
+        *LEARNER,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "store: a shop"},
+    ]
+    after = client.chat.completions.create(
+        model="tutor", messages=history, max_tokens=4, temperature=0, tools=[tool]
+    )
+    assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
 def test_logit_bias_beside_speculation_is_a_400_naming_it(tutor_home, tiny_path, tmp_path):

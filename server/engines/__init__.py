@@ -76,8 +76,16 @@ def vllm_args(settings: Settings, source: str, public_id: str) -> list[str]:
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
         *block_size_args(settings.vllm_block_size),
         *speculation_args(settings.vllm_speculation),
+        *tool_args(settings),
         *settings.vllm_extra_args,
     ]
+
+
+def tool_args(settings: Settings) -> list[str]:
+    """With tools forwarded (TUTOR_TOOLS=forward), vLLM may choose a tool itself."""
+    if settings.tools != "forward":
+        return []
+    return ["--enable-auto-tool-choice", "--tool-call-parser", settings.vllm_tool_parser]
 
 
 def speculation_args(requested: str) -> list[str]:

@@ -36,6 +36,9 @@ class SamplingParams:
     response_format: dict[str, Any] | None = None  # json_object / json_schema, as OpenAI's
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None  # forwarded only with TUTOR_TOOLS=forward
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     def optional(self) -> dict[str, Any]:
         """The optional parameters this request set, by their OpenAI names."""
@@ -51,12 +54,15 @@ OPTIONAL_PARAMS = (
     "response_format",
     "logprobs",
     "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 )
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # role and content; tool turns also carry their call ids
     params: SamplingParams
     adapter: AdapterRef | None = None
     upstream_model: str | None = None  # only engines that forward to another server use it
@@ -73,6 +79,8 @@ class TextDelta:
     completion_tokens: int | None = None
     # with logprobs asked: OpenAI's entries (token, logprob, bytes, top_logprobs) for its tokens
     logprobs: list[dict[str, Any]] | None = None
+    # with tools forwarded: OpenAI's tool-call deltas (index, id, type, function name/arguments)
+    tool_calls: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,7 +101,7 @@ class Engine(ABC):
 
     @abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
-        """Stream deltas; the last one carries ``finish_reason`` ("stop" or "length")."""
+        """Stream deltas; the last one carries ``finish_reason`` (stop, length, tool_calls)."""
 
     async def load_adapter(self, adapter: AdapterRef) -> bool:
         """Make ``adapter`` available; True if it had to be loaded, False if it already was.

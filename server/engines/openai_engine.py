@@ -194,10 +194,12 @@ class _SSEDecoder:
             if chunk.get("usage"):
                 self.usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content") or ""
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or ""
                 logprobs = (choice.get("logprobs") or {}).get("content")
-                if text or logprobs:
-                    out.append(TextDelta(text=text, logprobs=logprobs))
+                calls = delta.get("tool_calls")
+                if text or logprobs or calls:
+                    out.append(TextDelta(text=text, logprobs=logprobs, tool_calls=calls))
                 if choice.get("finish_reason"):
                     self.finish = choice["finish_reason"]
         return out
@@ -205,7 +207,7 @@ class _SSEDecoder:
     def final(self) -> TextDelta:
         usage = self.usage or {}
         return TextDelta(
-            finish_reason="length" if self.finish == "length" else "stop",
+            finish_reason=self.finish if self.finish in ("length", "tool_calls") else "stop",
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
         )

@@ -47,7 +47,7 @@ async def create_chat_completion(
     service.check_access(principal, body.model)
     limiter = request.app.state.limiter
     limiter.admit(principal)
-    target, gen_request = await service.prepare(body)
+    target, gen_request = await service.prepare(body, principal.name)
     gen_request = replace(gen_request, request_id=request_id(request.scope))
     cid = completion_id()
     rec.update(
