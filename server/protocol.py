@@ -127,6 +127,52 @@ class ChatCompletionRequest(_Open):
         return stops
 
 
+class CompletionRequest(_Open):
+    """Legacy ``/v1/completions``. Every model here is a chat model, so the prompt is the
+    learner's turn under the same persona rules as a chat request (a variant's persona and
+    hints, the bare base model none): one prompt, one reply."""
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str | list[str]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    user: str | None = Field(default=None, max_length=256)
+    n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
+    best_of: int | None = Field(default=None, ge=1, le=1, description="Only one candidate.")
+    echo: Literal[False] | None = Field(default=None, description="The prompt is not echoed.")
+    suffix: None = Field(default=None, description="No insertion: suffix is not supported.")
+    scaffolding: Scaffolding | None = None
+    level: Level | None = None
+    grounded: bool | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and len(v) != 1:
+            raise ValueError("one prompt per request (a list of one string at most)")
+        return v
+
+    def as_chat(self) -> ChatCompletionRequest:
+        """The same request as a chat request: the prompt as the learner's one turn."""
+        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        fields = self.model_dump(
+            exclude={"prompt", "logprobs", "best_of", "echo", "suffix"}, exclude_unset=True
+        )
+        fields["max_tokens"] = self.max_tokens
+        if self.logprobs is not None:
+            fields.update(logprobs=True, top_logprobs=self.logprobs)
+        return ChatCompletionRequest(messages=[{"role": "user", "content": prompt}], **fields)
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -158,6 +204,22 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: dict[str, Any] | None = None  # tokens, token_logprobs, top_logprobs, text_offset
+    finish_reason: Literal["stop", "length"] | None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
 
 
 class Delta(BaseModel):
@@ -197,8 +259,8 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+def completion_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now() -> int:

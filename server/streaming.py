@@ -81,6 +81,70 @@ class _Events:
         return self._usage + orjson.dumps(_usage(delta)) + b"}\n\n"
 
 
+def legacy_logprobs(entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
+    """Chat logprobs entries in the legacy completions shape (tokens, token_logprobs,
+    top_logprobs as token -> logprob, text_offset from ``offset``)."""
+    offsets, at = [], offset
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [
+            {t["token"]: t["logprob"] for t in e.get("top_logprobs") or ()} for e in entries
+        ],
+        "text_offset": offsets,
+    }
+
+
+class _CompletionEvents:
+    """The chunk events of a legacy ``/v1/completions`` stream (``text_completion``): the same
+    deltas as a chat stream, in the older shape (no role chunk, ``text`` instead of ``delta``)."""
+
+    __slots__ = ("_head", "_usage", "_offset")
+
+    def __init__(self, cid: str, created: int, model: str) -> None:
+        head = b"".join(
+            [
+                b'data: {"id":',
+                orjson.dumps(cid),
+                b',"object":"text_completion","created":',
+                orjson.dumps(created),
+                b',"model":',
+                orjson.dumps(model),
+            ]
+        )
+        self._head = head + b',"choices":[{"index":0,"text":'
+        self._usage = head + b',"choices":[],"usage":'
+        self._offset = 0
+
+    def role(self) -> bytes:
+        return b""
+
+    def content(self, text: str) -> bytes:
+        self._offset += len(text)
+        return self._head + orjson.dumps(text) + b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def content_with_logprobs(self, text: str, logprobs: list[dict[str, Any]]) -> bytes:
+        lp = orjson.dumps(legacy_logprobs(logprobs, self._offset))
+        self._offset += len(text)
+        return (
+            self._head + orjson.dumps(text) + b',"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
+        )
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
+        return b""  # a completion has no tools
+
+    def finish(self, reason: str) -> bytes:
+        return (
+            self._head + b'"","logprobs":null,"finish_reason":' + orjson.dumps(reason) + b"}]}\n\n"
+        )
+
+    def usage(self, delta: TextDelta) -> bytes:
+        return self._usage + orjson.dumps(_usage(delta)) + b"}\n\n"
+
+
 async def sse_stream(
     first: TextDelta,
     rest: AsyncIterator[TextDelta],
@@ -88,6 +152,7 @@ async def sse_stream(
     model: str,
     include_usage: bool,
     cid: str | None = None,
+    legacy: bool = False,
 ) -> AsyncIterator[bytes]:
     """SSE bytes: a role chunk, a chunk per delta, the finish chunk, usage if asked, [DONE].
 
@@ -95,9 +160,10 @@ async def sse_stream(
     write: the role chunk rides with the first token, a delta marked ``extra["more"]`` (the
     engine holds the next one already) waits for it, and the last events ride with [DONE]. Only
     the number of writes changes, never the events or their timing: nothing waits for I/O to
-    batch.
+    batch. ``legacy``: the ``/v1/completions`` shape of the same events.
     """
-    events = _Events(cid or completion_id(), now(), model)
+    shape = _CompletionEvents if legacy else _Events
+    events = shape(cid or completion_id(), now(), model)
     pending = [events.role()]
     delta: TextDelta | None = first
     try:
@@ -126,7 +192,12 @@ async def sse_stream(
 
 
 async def collect(
-    first: TextDelta, rest: AsyncIterator[TextDelta], *, model: str, cid: str | None = None
+    first: TextDelta,
+    rest: AsyncIterator[TextDelta],
+    *,
+    model: str,
+    cid: str | None = None,
+    legacy: bool = False,
 ) -> dict[str, Any]:
     text: list[str] = []
     logprobs: list[dict[str, Any]] | None = None
@@ -147,6 +218,22 @@ async def collect(
             delta = await anext(rest, None)
     finally:
         await rest.aclose()
+    if legacy:
+        return {
+            "id": cid or completion_id(),
+            "object": "text_completion",
+            "created": now(),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "".join(text),
+                    "logprobs": None if logprobs is None else legacy_logprobs(logprobs),
+                    "finish_reason": last.finish_reason or "stop",
+                }
+            ],
+            "usage": _usage(last),
+        }
     return {
         "id": cid or completion_id(),
         "object": "chat.completion",

@@ -442,6 +442,21 @@ def test_tools_are_forwarded_to_vllm(gateway):
     assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
+def test_legacy_completions_over_vllm(gateway, world):
+    """/v1/completions through vLLM: the prompt is the learner's turn, so the greedy text is the
+    chat reply PEFT gives for that adapter (tests/test_completions.py has the rest)."""
+    client = _client(gateway["url"])
+    text = LEARNER[0]["content"]
+    done = client.completions.create(
+        model="tutor-zh-l2", prompt=text, max_tokens=MAX_TOKENS, temperature=0
+    )
+    assert done.choices[0].text == world["expected"]["tutor-zh-l2@1"]
+    streamed = client.completions.create(
+        model="tutor-zh-l2", prompt=text, max_tokens=MAX_TOKENS, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == done.choices[0].text
+
+
 def test_logit_bias_beside_speculation_is_a_400_naming_it(tutor_home, tiny_path, tmp_path):
     """With n-gram speculation on (opt-in), vLLM cannot honour logit_bias: the gateway says so
     in OpenAI's shape instead of passing vLLM's refusal on as a 502 (the bare base model, its

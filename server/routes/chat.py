@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions, and the legacy POST /v1/completions on the same path."""
 
 from __future__ import annotations
 
@@ -6,18 +6,22 @@ from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server.auth import Principal, requires
+from server.errors import TutorError
 from server.observe import record, request_id
 from server.protocol import (
     COMMON_ERRORS,
     ChatCompletion,
     ChatCompletionRequest,
+    CompletionRequest,
+    TextCompletion,
     completion_id,
     error_responses,
 )
 from server.routes.deps import ServiceDep
+from server.serving import ChatService
 from server.streaming import collect, sse_stream
 from server.timing import Timing, arrival
 
@@ -41,6 +45,45 @@ async def create_chat_completion(
     request: Request,
     principal: Annotated[Principal, Depends(requires("chat"))],
 ):
+    return await answer(body, service, request, principal)
+
+
+@router.post(
+    "/v1/completions",
+    response_model=TextCompletion,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "A text completion, or with `stream` an SSE stream of them",
+        },
+        **error_responses(*COMMON_ERRORS, 404, 422, 502),
+    },
+)
+async def create_completion(
+    body: CompletionRequest,
+    service: ServiceDep,
+    request: Request,
+    principal: Annotated[Principal, Depends(requires("chat"))],
+):
+    """Legacy completions, for eval harnesses and load tools that still use them: the prompt
+    is the learner's turn, so persona rules, limits and errors are the chat route's."""
+    try:
+        return await answer(body.as_chat(), service, request, principal, legacy=True)
+    except TutorError as exc:  # the learner's turn is the prompt: name it as the client sent it
+        if exc.param and exc.param.startswith("messages"):
+            exc.param = "prompt"
+        raise
+
+
+async def answer(
+    body: ChatCompletionRequest,
+    service: ChatService,
+    request: Request,
+    principal: Principal,
+    *,
+    legacy: bool = False,
+) -> Response:
+    """One chat request from admission to its response, in the chat or the legacy shape."""
     timing = Timing(arrival(request.scope))
     rec = record(request.scope)
     rec.update(key=principal.name, model=body.model, stream=body.stream)
@@ -49,7 +92,7 @@ async def create_chat_completion(
     limiter.admit(principal)
     target, gen_request = await service.prepare(body, principal.name)
     gen_request = replace(gen_request, request_id=request_id(request.scope))
-    cid = completion_id()
+    cid = completion_id("cmpl" if legacy else "chatcmpl")
     rec.update(
         variant=target.model_id, adapter=target.adapter_label, completion_id=cid, timing=timing
     )
@@ -69,11 +112,14 @@ async def create_chat_completion(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         headers["server-timing"] = timing.server_timing()
+        stream = sse_stream(
+            first, deltas, model=body.model, include_usage=include_usage, cid=cid, legacy=legacy
+        )
         return StreamingResponse(
-            sse_stream(first, deltas, model=body.model, include_usage=include_usage, cid=cid),
+            stream,
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    reply = await collect(first, deltas, model=body.model, cid=cid)
+    reply = await collect(first, deltas, model=body.model, cid=cid, legacy=legacy)
     headers["server-timing"] = timing.server_timing()  # with decode: the reply is complete
     return JSONResponse(reply, headers=headers)
