@@ -6,9 +6,13 @@ documented schema (status codes, content types, bodies).
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from schemathesis import checks
 
 from server.app import create_app
@@ -38,6 +42,13 @@ def api_schema(tutor_home, tiny_path):
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
+@pytest.fixture(scope="module")
+def unicode_server(tutor_home, tiny_path):
+    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
+    with running_server(create_app(settings)) as url:
+        yield url
+
+
 def _operations() -> list[str]:
     """Operation labels, so each gets its own test id; the schema itself is built per run."""
     app = create_app(Settings(engine="transformers", admin_key=ADMIN))
@@ -65,3 +76,56 @@ def test_no_5xx_and_responses_match_the_schema(api_schema, label):
         case.validate_response(response, checks=CHECKS)
 
     fuzz()
+
+
+# Code points a client can put in a JSON string: controls, lone surrogates (as \ud800 escapes),
+# noncharacters, the BOM, line separators. Each is answered (200) or refused with a 400 in
+# OpenAI's shape naming the message; never a 5xx, never a dropped connection.
+_ANY_CODE_POINT = st.lists(
+    st.one_of(
+        st.characters(min_codepoint=0, max_codepoint=0x10FFFF, codec=None),
+        st.integers(0xD800, 0xDFFF).map(chr),  # st.characters never draws surrogates
+    ),
+    min_size=1,
+    max_size=12,
+).map("".join)
+
+
+@given(content=_ANY_CODE_POINT, stream=st.booleans())
+@example(content="\ud800 hi", stream=False)  # the two crashes of issue 14
+@example(content="hi\u0000there", stream=True)
+@example(content="\x01\x1b[31m\x7f\x9f", stream=True)
+@example(content="\u2028\ufeff\uffff\U0010ffff", stream=False)
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_any_code_point_in_a_message_is_answered_or_refused(unicode_server, content, stream):
+    body = json.dumps(  # ensure_ascii: a lone surrogate goes out as the escape a client sends
+        {
+            "model": "tutor",
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 2,
+            "stream": stream,
+        }
+    )
+    r = httpx.post(
+        f"{unicode_server}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    if r.status_code == 200:
+        if stream:
+            assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+        else:
+            assert r.json()["choices"][0]["message"]["content"] is not None
+        return
+    assert r.status_code == 400, (repr(content), r.status_code, r.text[:300])
+    error = r.json()["error"]
+    assert error["param"] == "messages.0.content", (repr(content), error)
+    has_surrogate = any(0xD800 <= ord(c) <= 0xDFFF for c in content)
+    assert has_surrogate or "\x00" in content, (repr(content), error)  # only these are refused

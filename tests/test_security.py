@@ -598,3 +598,34 @@ def test_concurrent_hostile_and_good_traffic_leaves_the_server_healthy(keyed):
     assert all(c == 400 for c in codes[: len(HOSTILE)])
     assert all(c in (200, 429) for c in codes[len(HOSTILE) :])
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_a_huge_number_of_tiny_deltas_arrives_whole():
+    """An upstream that streams 20,000 one-word deltas (the bench's FAKE upstream, in front of
+    which the gateway runs its real openai engine): every delta reaches the client, in order,
+    streamed and collected, and the stream ends with [DONE]."""
+    from deploy.bench.fake_upstream import build_app
+
+    n = 20_000
+    with running_server(build_app(tokens=n)) as upstream:
+        settings = Settings(
+            engine="openai", model="fake-model", upstream_url=f"{upstream}/v1", max_context=n
+        )
+        with running_server(create_app(settings)) as url:
+            body = {"model": "fake-model", "messages": LEARNER, "max_tokens": n}
+            whole = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
+            text = whole["choices"][0]["message"]["content"]
+            assert whole["usage"]["completion_tokens"] == n and len(text.split(" ")) == n
+            pieces, lines = [], []
+            with httpx.stream(
+                "POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120
+            ) as r:
+                for line in r.iter_lines():
+                    if line:
+                        lines.append(line)
+                    if line.startswith("data: {"):
+                        choices = json.loads(line[6:])["choices"]
+                        pieces += [c["delta"].get("content") or "" for c in choices]
+            assert lines[-1] == "data: [DONE]" and not any('"error"' in x for x in lines)
+            assert "".join(pieces) == text
+            assert sum(1 for p in pieces if p) == n

@@ -457,6 +457,31 @@ def test_legacy_completions_over_vllm(gateway, world):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == done.choices[0].text
 
 
+def test_hostile_text_over_vllm(gateway):
+    """The two crashes of issue 14 over vLLM too: a lone surrogate escape and a NUL are a 400
+    naming the message; control characters and other odd code points reach vLLM and answer."""
+    url = gateway["url"]
+
+    def ask(content: str) -> httpx.Response:
+        body = json.dumps(
+            {"model": "tutor", "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+        )
+        return httpx.post(
+            f"{url}/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+
+    for bad in ("\ud800 hi", "hi\u0000there"):
+        r = ask(bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
+    for odd in ("\x01\x1b[31m\x7f\x9f", "\u2028\ufeff\uffff\U0010ffff", "a" + "\u200b" * 50):
+        r = ask(odd)
+        assert r.status_code == 200, (repr(odd), r.text)
+        assert r.json()["choices"][0]["message"]["content"] is not None
+
+
 def test_logit_bias_beside_speculation_is_a_400_naming_it(tutor_home, tiny_path, tmp_path):
     """With n-gram speculation on (opt-in), vLLM cannot honour logit_bias: the gateway says so
     in OpenAI's shape instead of passing vLLM's refusal on as a 502 (the bare base model, its
