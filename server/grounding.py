@@ -89,7 +89,7 @@ async def correct(
         params=SamplingParams(max_tokens=corrector_max_tokens(text), temperature=0.0, stop=("\n",)),
         adapter=where.adapter,
         upstream_model=where.upstream_model,
-        request_id=request.request_id,
+        headers=request.headers,
     )
     parts = [delta.text async for delta in engine.generate(ask)]
     return "".join(parts).strip()

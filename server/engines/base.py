@@ -7,7 +7,7 @@ layer hands them finished chat messages, sampling parameters and an already vali
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,8 @@ class GenerationRequest:
     params: SamplingParams
     adapter: AdapterRef | None = None
     upstream_model: str | None = None  # only engines that forward to another server use it
-    request_id: str | None = None  # the client's x-request-id: forwarded where an engine can
+    # what an engine that calls another server sends along: X-Request-Id, traceparent
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import logging
 import socket
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httptools
@@ -104,8 +104,8 @@ class OpenAIEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
         payload = self._payload(request)
         body = orjson.dumps(payload)
-        rid = request.request_id
-        stream = self._pool.chat(body, rid) if self._pool else self._chat_httpx(body, rid)
+        extra = request.headers
+        stream = self._pool.chat(body, extra) if self._pool else self._chat_httpx(body, extra)
         try:
             status, data = await anext(stream)
             if status != 200:
@@ -128,12 +128,10 @@ class OpenAIEngine(Engine):
             await stream.aclose()
 
     async def _chat_httpx(
-        self, body: bytes, request_id: str | None = None
+        self, body: bytes, extra: Mapping[str, str] | None = None
     ) -> AsyncIterator[tuple[Any, Any]]:
         """The chat call through httpx: yields (status, error body), then (bytes, last?)."""
-        headers = {"Content-Type": "application/json"}
-        if request_id:
-            headers["X-Request-Id"] = request_id
+        headers = {"Content-Type": "application/json", **(extra or {})}
         try:
             async with self._client.stream(
                 "POST", "/chat/completions", content=body, headers=headers
@@ -339,13 +337,14 @@ class _Pool:
         return None
 
     async def chat(
-        self, body: bytes, request_id: str | None = None
+        self, body: bytes, extra: Mapping[str, str] | None = None
     ) -> AsyncIterator[tuple[Any, Any]]:
         """POST the chat request: yields (status, error body), then (bytes, last?) per read.
-        ``request_id`` goes out as ``X-Request-Id`` (vLLM names its request after it)."""
+        ``extra`` headers go along (X-Request-Id, checked in server/observe.py; traceparent)."""
         head = self._head
-        if request_id:  # already checked: no CR/LF can get in (server/observe.py)
-            head = b"X-Request-Id: " + request_id.encode() + b"\r\n" + head
+        if extra:
+            lines = "".join(f"{k}: {v}\r\n" for k, v in extra.items() if "\n" not in k + v)
+            head = lines.encode("latin-1") + head
         request = self._first + head + str(len(body)).encode() + b"\r\n\r\n" + body
         async with self._slots:
             conn, reusable = None, False

@@ -24,6 +24,7 @@ from server.routes.deps import ServiceDep
 from server.serving import ChatService
 from server.streaming import collect, sse_stream
 from server.timing import Timing, arrival
+from server.tracing import trace_headers
 
 router = APIRouter()
 
@@ -91,7 +92,10 @@ async def answer(
     limiter = request.app.state.limiter
     limiter.admit(principal)
     target, gen_request = await service.prepare(body, principal.name)
-    gen_request = replace(gen_request, request_id=request_id(request.scope))
+    forward = trace_headers()  # W3C traceparent, when tracing is on
+    if rid := request_id(request.scope):
+        forward["X-Request-Id"] = rid
+    gen_request = replace(gen_request, headers=forward)
     cid = completion_id("cmpl" if legacy else "chatcmpl")
     rec.update(
         variant=target.model_id, adapter=target.adapter_label, completion_id=cid, timing=timing
