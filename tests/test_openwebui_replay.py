@@ -51,3 +51,52 @@ def test_recorded_open_webui_request_succeeds(server, recorded, base):
             assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
     else:
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def _what_open_webui_0_12_4_shows(sse: str) -> tuple[str, list[dict]]:
+    """The text and the errors Open WebUI 0.12.4 puts in the chat from a chat-completions
+    stream: its rule (backend/open_webui/utils/middleware.py, the streaming branch of
+    ``process_chat_response``), not its code, which needs its whole app. Lines are ``data:``
+    JSON; a chunk with ``choices`` adds its delta's content to the message; a chunk without
+    ``choices`` but with an ``error`` is emitted to the chat as the message's error, and the
+    page (``handleOpenAIError`` in Chat.svelte, ``getErrorMessage`` in
+    src/lib/apis/openai/index.ts) shows its ``message`` string as text, in the message and a
+    toast; ``[DONE]`` ends it. Read from the 0.12.4 wheel on PyPI, 2026-12-06."""
+    text, errors = [], []
+    for line in sse.splitlines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        chunk = json.loads(data)
+        choices = chunk.get("choices", [])
+        if not choices:
+            if chunk.get("error"):
+                errors.append(chunk["error"])
+            continue
+        text.append((choices[0].get("delta") or {}).get("content") or "")
+    return "".join(text), errors
+
+
+def test_an_error_mid_stream_reaches_the_open_webui_user_as_text(tutor_home, tiny_path):
+    """Open WebUI's recorded streaming request against an engine that fails after two deltas:
+    the status was 200 with the first token, so the failure comes in-band, as an error chunk
+    Open WebUI shows in the chat (its message, as text), after the text so far and before
+    [DONE]; then the gateway answers the next request as usual."""
+    from server.engines.transformers_engine import TransformersEngine
+    from tests.test_stream_errors import FaultInjectingEngine
+
+    recorded = next(r for r in _requests() if (r["body"] or {}).get("stream"))
+    body = {**recorded["body"], "model": "tutor-es-l2", "max_tokens": 12, "temperature": 1.0}
+    headers = {k: v for k, v in recorded["headers"].items() if k.lower() != "content-length"}
+    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
+    engine = FaultInjectingEngine(TransformersEngine(str(tiny_path)), fail_after=2)
+    with running_server(create_app(settings, engine=engine)) as url:
+        r = httpx.post(f"{url}{recorded['path']}", json=body, headers=headers, timeout=60)
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+        text, errors = _what_open_webui_0_12_4_shows(r.text)
+        assert text  # what the learner had already read stays
+        assert [e["message"] for e in errors] == ["injected engine crash"]
+        assert errors[0]["type"] == "upstream_error"  # server/errors.py: EngineError
+        assert httpx.get(f"{url}/health").status_code == 200
