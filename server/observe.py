@@ -27,6 +27,8 @@ from server.timing import Timing
 REQUEST_ID = "tutor.request_id"  # ASGI scope keys
 RECORD = "tutor.record"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# label values stay few whatever clients send: route templates, these methods, "other"
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 access_log = logging.getLogger("tutor.access")
 
@@ -97,11 +99,12 @@ class RequestObserver:
             await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - t0
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"]
+            matched = getattr(scope.get("route"), "path", None)
+            route = matched or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
             self.metrics().observe_http(route, method, status, seconds)
             if access_log.isEnabledFor(logging.INFO):
+                # an unmatched path is the client's: escaped, so it cannot forge a log line
+                path = matched or scope["path"].encode("unicode_escape").decode("ascii")
                 line = fields(method, route, status, seconds, rec)
-                access_log.info(
-                    "%s %s %d", method, scope.get("path", route), status, extra={"fields": line}
-                )
+                access_log.info("%s %s %d", method, path, status, extra={"fields": line})

@@ -170,7 +170,8 @@ class CompletionRequest(_Open):
         fields["max_tokens"] = self.max_tokens
         if self.logprobs is not None:
             fields.update(logprobs=True, top_logprobs=self.logprobs)
-        return ChatCompletionRequest(messages=[{"role": "user", "content": prompt}], **fields)
+        fields["messages"] = [{"role": "user", "content": prompt}]  # a stray `messages` loses
+        return ChatCompletionRequest(**fields)
 
 
 class Usage(BaseModel):

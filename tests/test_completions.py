@@ -80,6 +80,7 @@ def test_legacy_logprobs(client):
         ({"n": 2}, "n"),
         ({"best_of": 2}, "best_of"),
         ({"logprobs": 6}, "logprobs"),
+        ({"messages": "not a list", "max_tokens": 0}, "max_tokens"),  # a stray field is no 500
     ],
 )
 def test_what_completions_cannot_do_is_a_400_naming_it(client, extra, param):

@@ -95,6 +95,16 @@ def test_every_response_carries_a_request_id_and_a_log_line(gateway, caplog):
     assert chat["completion_tokens"] == reply.usage.completion_tokens
     assert chat["outcome"] == "ok" and 0 < chat["ttft_ms"] <= chat["duration_ms"]
     assert lines["webui-42"]["route"] == "/v1/models"
+    # a client's path or method never forges a log line or a new metric series
+    forged = httpx.request("PROPFIND", f"{gateway}/nowhere%0Aforged", headers=_auth(CHAT))
+    line = _lines_of(caplog, forged.headers["x-request-id"])[0]
+    assert (line["method"], line["route"]) == ("other", "unmatched")
+    forged_record = next(
+        r
+        for r in caplog.records
+        if getattr(r, "fields", {}).get("request_id") == line["request_id"]
+    )
+    assert "\n" not in forged_record.getMessage()
 
 
 def test_http_metrics_count_every_status_and_describe_the_process(gateway):
