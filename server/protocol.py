@@ -73,13 +73,13 @@ class ResponseFormat(_Open):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class ChatCompletionRequest(_Open):
+class _Generation(_Open):
+    """What a chat and a legacy completion request share: the model, the sampling parameters,
+    and the tutor's own fields, validated the same way for both."""
+
     model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
@@ -90,14 +90,6 @@ class ChatCompletionRequest(_Open):
         default=None, description="Token id (as a string) -> bias in [-100, 100]."
     )
     user: str | None = Field(default=None, max_length=256)
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(
-        default=None, description="Ignored, refused or forwarded: the TUTOR_TOOLS setting."
-    )
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
     scaffolding: Scaffolding | None = None
     level: Level | None = None
@@ -127,32 +119,31 @@ class ChatCompletionRequest(_Open):
         return stops
 
 
-class CompletionRequest(_Open):
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Ignored, refused or forwarded: the TUTOR_TOOLS setting."
+    )
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class CompletionRequest(_Generation):
     """Legacy ``/v1/completions``. Every model here is a chat model, so the prompt is the
     learner's turn under the same persona rules as a chat request (a variant's persona and
     hints, the bare base model none): one prompt, one reply."""
 
-    model: str = Field(min_length=1, max_length=256)
     prompt: str | list[str]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    user: str | None = Field(default=None, max_length=256)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only one reply per request.")
     best_of: int | None = Field(default=None, ge=1, le=1, description="Only one candidate.")
     echo: Literal[False] | None = Field(default=None, description="The prompt is not echoed.")
     suffix: None = Field(default=None, description="No insertion: suffix is not supported.")
-    scaffolding: Scaffolding | None = None
-    level: Level | None = None
-    grounded: bool | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -162,15 +153,13 @@ class CompletionRequest(_Open):
         return v
 
     def as_chat(self) -> ChatCompletionRequest:
-        """The same request as a chat request: the prompt as the learner's one turn."""
+        """The same request as a chat request: the prompt as the learner's one turn. Only the
+        shared fields go along, already validated, so this cannot fail on what a client sent."""
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        fields = self.model_dump(
-            exclude={"prompt", "logprobs", "best_of", "echo", "suffix"}, exclude_unset=True
-        )
-        fields["max_tokens"] = self.max_tokens
+        fields = self.model_dump(include=set(_Generation.model_fields), exclude_unset=True)
+        fields.update(max_tokens=self.max_tokens, messages=[{"role": "user", "content": prompt}])
         if self.logprobs is not None:
             fields.update(logprobs=True, top_logprobs=self.logprobs)
-        fields["messages"] = [{"role": "user", "content": prompt}]  # a stray `messages` loses
         return ChatCompletionRequest(**fields)
 
 

@@ -31,6 +31,22 @@ def _usage(delta: TextDelta) -> dict[str, int]:
 _OPEN = b',"logprobs":null,"finish_reason":null}]}\n\n'  # the end of a chunk that goes on
 
 
+def _head(cid: str, obj: str, created: int, model: str) -> bytes:
+    """What is the same in every chunk of one completion, serialised once."""
+    return b"".join(
+        [
+            b'data: {"id":',
+            orjson.dumps(cid),
+            b',"object":',
+            orjson.dumps(obj),
+            b',"created":',
+            orjson.dumps(created),
+            b',"model":',
+            orjson.dumps(model),
+        ]
+    )
+
+
 class _Events:
     """The chunk events of one completion, each the bytes ``_sse`` would make of its dict.
 
@@ -41,16 +57,7 @@ class _Events:
     __slots__ = ("_choice", "_usage")
 
     def __init__(self, cid: str, created: int, model: str) -> None:
-        head = b"".join(
-            [
-                b'data: {"id":',
-                orjson.dumps(cid),
-                b',"object":"chat.completion.chunk","created":',
-                orjson.dumps(created),
-                b',"model":',
-                orjson.dumps(model),
-            ]
-        )
+        head = _head(cid, "chat.completion.chunk", created, model)
         self._choice = head + b',"choices":[{"index":0,"delta":'
         self._usage = head + b',"choices":[],"usage":'
 
@@ -105,16 +112,7 @@ class _CompletionEvents:
     __slots__ = ("_head", "_usage", "_offset")
 
     def __init__(self, cid: str, created: int, model: str) -> None:
-        head = b"".join(
-            [
-                b'data: {"id":',
-                orjson.dumps(cid),
-                b',"object":"text_completion","created":',
-                orjson.dumps(created),
-                b',"model":',
-                orjson.dumps(model),
-            ]
-        )
+        head = _head(cid, "text_completion", created, model)
         self._head = head + b',"choices":[{"index":0,"text":'
         self._usage = head + b',"choices":[],"usage":'
         self._offset = 0
