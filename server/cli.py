@@ -48,9 +48,23 @@ def serve(
         str | None, typer.Option(help="vllm engine: a remote vLLM /v1 URL (else managed)")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="default: TUTOR_LOG_LEVEL")] = None,
+    workers: Annotated[int, typer.Option(help="must be 1: see the message for more")] = 1,
 ) -> None:
     """Run the gateway; every option also comes from TUTOR_* variables."""
     import uvicorn
+
+    if workers != 1:
+        # Refused, not ignored: each process would keep its own rate limits, its own idea of
+        # which adapters the one vLLM holds (one worker's LRU unload would pull an adapter from
+        # under another's requests) and its own managed vLLM.
+        typer.echo(
+            f"error: --workers {workers}: tutor serve runs one process. Several would each keep "
+            "their own rate limits and their own view of the adapters loaded in vLLM (one "
+            "unloading what another is using). Scale out with more gateway instances, each "
+            "one process, behind a load balancer (docs/DEPLOY.md).",
+            err=True,
+        )
+        raise typer.Exit(2)
 
     from server.app import create_app
     from server.logs import configure

