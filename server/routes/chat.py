@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions, and the legacy POST /v1/completions on the same path."""
+"""POST /v1/chat/completions, and the legacy POST /v1/completions through the same conductor."""
 
 from __future__ import annotations
 
