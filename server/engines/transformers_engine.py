@@ -194,14 +194,14 @@ class TransformersEngine(Engine):
         )
         # OpenAI's order, as vLLM's: logprobs of the raw distribution, then penalties and bias,
         # then temperature and top-p (transformers would put a caller's processors last)
-        openai = _Processor(prompt_tokens, p)
-        chain: list[Any] = [openai]
+        sampling = _Processor(prompt_tokens, p)
+        chain: list[Any] = [sampling]
         if sample and p.temperature != 1.0:
             chain.append(TemperatureLogitsWarper(p.temperature))
         if sample and p.top_p < 1.0:
             chain.append(TopPLogitsWarper(p.top_p))
         top = p.top_logprobs or 0
-        logprobs = _Logprobs(tok, openai.steps, top) if p.logprobs else None
+        logprobs = _Logprobs(tok, sampling.steps, top) if p.logprobs else None
         stream = _DeltaStreamer(tok, StopMatcher(p.stop), emit, self._eos_ids, logprobs)
 
         class _Stop(StoppingCriteria):
