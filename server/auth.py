@@ -4,7 +4,7 @@ does not leak a key.
 - ``chat`` opens ``/v1``; ``admin`` opens ``/admin``.
 - Keys are "on" as soon as one is configured (``TUTOR_API_KEYS`` or ``TUTOR_API_KEYS_FILE``):
   then no ``/v1`` route answers without one. With no keys the service is for this machine only:
-  ``tutor serve`` binds 127.0.0.1 and says so.
+  ``tutor serve`` refuses any other host (server/cli.py).
 - ``TUTOR_ADMIN_KEY`` is a shortcut for one admin-only key; it does not switch chat keys on.
 """
 
