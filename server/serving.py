@@ -158,15 +158,19 @@ class ChatService:
             return Target(model_id, self.catalogue.variants.get(version.variant), ref, None)
         raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
+    def _hidden(self, principal: Principal, model_id: str) -> bool:
+        """``TUTOR_PUBLIC_MODELS=variants``: a key without the admin scope sees the tutors only
+        (no ``@n`` versions, no bare base model)."""
+        return (
+            self.settings.public_models == "variants"
+            and "admin" not in principal.scopes
+            and model_id not in self.catalogue.variants
+        )
+
     def visible(self, principal: Principal, model_id: str) -> bool:
-        """May this caller see the model in /v1/models and ask for it? With
-        ``TUTOR_PUBLIC_MODELS=variants`` a key without the admin scope sees the tutors only (no
-        ``@n`` versions, no bare base model); a key's own allow-list narrows it further."""
-        if not principal.may_use(model_id):
-            return False
-        if self.settings.public_models == "variants" and "admin" not in principal.scopes:
-            return model_id in self.catalogue.variants
-        return True
+        """May this caller see the model in /v1/models and ask for it? Not when it is hidden,
+        nor when the key's own allow-list leaves it out."""
+        return principal.may_use(model_id) and not self._hidden(principal, model_id)
 
     def check_access(self, principal: Principal, model_id: str) -> None:
         """404 for a model hidden from this caller (as if it did not exist), 403 for one its
@@ -177,7 +181,7 @@ class ChatService:
                 param="model",
                 code="model_not_allowed",
             )
-        if not self.visible(principal, model_id):
+        if self._hidden(principal, model_id):
             raise ModelNotFound(f"the model {model_id!r} does not exist", param="model")
 
     def _tools(self, req: ChatCompletionRequest, target: Target, client: str) -> dict[str, Any]:

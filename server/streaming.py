@@ -13,7 +13,7 @@ import orjson
 
 from server.engines.base import TextDelta
 from server.errors import as_tutor_error
-from server.protocol import completion_id, now
+from server.protocol import now
 
 DONE = b"data: [DONE]\n\n"
 
@@ -149,7 +149,7 @@ async def sse_stream(
     *,
     model: str,
     include_usage: bool,
-    cid: str | None = None,
+    cid: str,
     legacy: bool = False,
 ) -> AsyncIterator[bytes]:
     """SSE bytes: a role chunk, a chunk per delta, the finish chunk, usage if asked, [DONE].
@@ -161,7 +161,7 @@ async def sse_stream(
     batch. ``legacy``: the ``/v1/completions`` shape of the same events.
     """
     shape = _CompletionEvents if legacy else _Events
-    events = shape(cid or completion_id(), now(), model)
+    events = shape(cid, now(), model)
     pending = [events.role()]
     delta: TextDelta | None = first
     try:
@@ -194,7 +194,7 @@ async def collect(
     rest: AsyncIterator[TextDelta],
     *,
     model: str,
-    cid: str | None = None,
+    cid: str,
     legacy: bool = False,
 ) -> dict[str, Any]:
     text: list[str] = []
@@ -216,35 +216,27 @@ async def collect(
             delta = await anext(rest, None)
     finally:
         await rest.aclose()
+    finish = last.finish_reason or "stop"
     if legacy:
-        return {
-            "id": cid or completion_id(),
-            "object": "text_completion",
-            "created": now(),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": "".join(text),
-                    "logprobs": None if logprobs is None else legacy_logprobs(logprobs),
-                    "finish_reason": last.finish_reason or "stop",
-                }
-            ],
-            "usage": _usage(last),
+        choice = {
+            "index": 0,
+            "text": "".join(text),
+            "logprobs": None if logprobs is None else legacy_logprobs(logprobs),
+            "finish_reason": finish,
+        }
+    else:
+        choice = {
+            "index": 0,
+            "message": _message("".join(text), calls),
+            "logprobs": None if logprobs is None else {"content": logprobs},
+            "finish_reason": finish,
         }
     return {
-        "id": cid or completion_id(),
-        "object": "chat.completion",
+        "id": cid,
+        "object": "text_completion" if legacy else "chat.completion",
         "created": now(),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": _message("".join(text), calls),
-                "logprobs": None if logprobs is None else {"content": logprobs},
-                "finish_reason": last.finish_reason or "stop",
-            }
-        ],
+        "choices": [choice],
         "usage": _usage(last),
     }
 

@@ -149,7 +149,7 @@ def test_deltas_read_together_say_more_follows():
         pieces = [
             piece
             async for piece in sse_stream(
-                deltas[0], _aiter(deltas[1:]), model="m", include_usage=True
+                deltas[0], _aiter(deltas[1:]), model="m", include_usage=True, cid="chatcmpl-t"
             )
         ]
         events = b"".join(pieces).split(b"\n\n")[:-1]

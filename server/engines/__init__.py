@@ -113,9 +113,10 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
             timeout=settings.upstream_timeout,
             api_key=key or "none",
         )
+    args = vllm_args(settings, source, public_id)
     process = VLLMProcess(
         settings.vllm_python,
-        vllm_args(settings, source, public_id),
+        args,
         port=settings.vllm_port,
         start_timeout=settings.vllm_start_timeout,
         log_file=settings.home / "logs" / f"vllm-{settings.vllm_port}.log",
@@ -129,6 +130,5 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
         process=process,
         timeout=settings.upstream_timeout,
         api_key=key or "none",
-        speculative=choose_speculation(settings.vllm_speculation, gpu=has_gpu()) is not None
-        or "--speculative-config" in settings.vllm_extra_args,
+        speculative="--speculative-config" in args,  # ours (auto) or the operator's own
     )
