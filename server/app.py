@@ -178,7 +178,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             ],
         )
     # inside CollapseSlashes, which copies the scope: the router's route is seen on this one
-    app.add_middleware(RequestObserver, metrics=lambda: app.state.metrics)
+    app.add_middleware(RequestObserver, metrics=app.state.metrics)
     app.add_middleware(CollapseSlashes)
     app.add_middleware(ArrivalClock)  # added last: the outermost layer, the first to run
     for router in (chat.router, models.router, health.router):

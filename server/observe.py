@@ -18,7 +18,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from server.metrics import Metrics
@@ -75,7 +74,7 @@ def fields(method: str, route: str, status: int, seconds: float, rec: dict) -> d
 class RequestObserver:
     """ASGI middleware: request id in and out, a log line and HTTP metrics per request."""
 
-    def __init__(self, app, metrics: Callable[[], Metrics]) -> None:
+    def __init__(self, app, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send) -> None:
@@ -102,7 +101,7 @@ class RequestObserver:
             matched = getattr(scope.get("route"), "path", None)
             route = matched or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.metrics().observe_http(route, method, status, seconds)
+            self.metrics.observe_http(route, method, status, seconds)
             if access_log.isEnabledFor(logging.INFO):
                 # an unmatched path is the client's: escaped, so it cannot forge a log line
                 path = matched or scope["path"].encode("unicode_escape").decode("ascii")

@@ -106,6 +106,17 @@ class _Generation(_Open):
             raise ValueError("n > 1 is not supported: ask for one reply at a time")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        """OpenAI's shape: token ids as decimal strings, biases in [-100, 100]."""
+        for key, value in (v or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"key {key!r} is not a token id")
+            if not -100 <= value <= 100:
+                raise ValueError(f"the bias for token {key} is {value}; it must be in [-100, 100]")
+        return v
+
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str] | None:

@@ -54,21 +54,6 @@ class Target:
         return self.upstream_model or "base"
 
 
-def _logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
-    """OpenAI's shape: token ids as decimal strings, biases in [-100, 100]."""
-    if bias is None:
-        return None
-    for key, value in bias.items():
-        if not key.isdigit():
-            raise InvalidRequest(f"logit_bias key {key!r} is not a token id", param="logit_bias")
-        if not -100 <= value <= 100:
-            raise InvalidRequest(
-                f"logit_bias for token {key} is {value}; it must be in [-100, 100]",
-                param="logit_bias",
-            )
-    return dict(bias)
-
-
 class ChatService:
     def __init__(
         self,
@@ -240,7 +225,7 @@ class ChatService:
             seed=req.seed,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
-            logit_bias=_logit_bias(req.logit_bias),
+            logit_bias=req.logit_bias,
             user=req.user,
             response_format=req.response_format.for_engine() if req.response_format else None,
             logprobs=True if req.logprobs else None,
