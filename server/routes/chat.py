@@ -29,6 +29,24 @@ from server.tracing import trace_headers
 router = APIRouter()
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """A stream whose body is closed when the response ends, however it ends.
+
+    When the client goes away, Starlette cancels the task that writes the stream but leaves the
+    body generator suspended (it is closed only when garbage-collected). If the cancellation
+    lands while a chunk is being written rather than while the next token is awaited, the
+    engine's upstream request stays open and vLLM generates on for nobody: seen as a flaky
+    ``test_client_disconnect_aborts_the_request_in_vllm``. Closing the generator here runs its
+    ``finally`` blocks now, down to the engine, which closes the upstream connection.
+    """
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
@@ -119,7 +137,7 @@ async def answer(
         stream = sse_stream(
             first, deltas, model=body.model, include_usage=include_usage, cid=cid, legacy=legacy
         )
-        return StreamingResponse(
+        return _ClosingStreamingResponse(
             stream,
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
