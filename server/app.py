@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
 import logging
@@ -18,7 +19,7 @@ from adapters.variants import Catalogue
 from server.auth import KeyStore
 from server.engines import Engine, build_engine
 from server.errors import BodyTooLarge, install_error_handlers
-from server.limits import Limiter
+from server.limits import build_limits
 from server.metrics import Metrics
 from server.model_store import resolve_model
 from server.observe import RequestObserver
@@ -132,7 +133,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         base_id, base_source = base_identity(settings)
         eng = engine or build_engine(settings)
         await eng.start()
+        limiter = app.state.limiter
+        await limiter.start()
         try:
+            registry = Registry.from_settings(settings)
             service = ChatService(
                 settings,
                 eng,
@@ -140,7 +144,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 base_id=base_id,
                 base_source=base_source,
                 metrics=app.state.metrics,
-                registry=Registry.from_settings(settings),
+                registry=registry,
+                gate=limiter,
             )
             await service.start()
             app.state.service = service
@@ -149,9 +154,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 yield
             finally:
                 await service.aclose()
+                await asyncio.to_thread(registry.close)  # PostgreSQL: the pool's connections
         finally:
             app.state.service = None
-            await eng.aclose()
+            try:
+                await eng.aclose()
+            finally:
+                await limiter.aclose()
 
     app = FastAPI(title="Tutor", version=VERSION, lifespan=lifespan)
     app.state.settings = settings
@@ -160,7 +169,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.service = None
     app.state.keys = KeyStore.from_settings(settings)
-    app.state.limiter = Limiter()
+    # key limits and variant quotas: in memory, or in Redis shared by several gateways
+    app.state.limiter = build_limits(settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -110,6 +110,16 @@ class EngineUnavailable(_RetryLater):
     default_retry_after = 5
 
 
+class LimitsUnavailable(_RetryLater):
+    """The shared store of rate limits (Redis) did not answer: the request is refused with a 503
+    the client can retry, rather than served unmetered or lost in a 500."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "limits_unavailable"
+    default_retry_after = 2
+
+
 class EngineError(TutorError):
     status = 502
     type = "upstream_error"

@@ -24,7 +24,7 @@ from server.auth import Principal
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import Forbidden, InvalidAdapter, InvalidRequest, ModelNotFound
 from server.grounding import Corrector, Grounding, ground
-from server.limits import VariantGate
+from server.limits import Gate, VariantGate
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
 from server.settings import Settings
@@ -65,6 +65,7 @@ class ChatService:
         base_source: str,
         metrics: Metrics,
         registry: Registry | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -76,7 +77,10 @@ class ChatService:
         self.registry = registry
         self.created = int(time.time())
         self.adapters: AdapterManager | None = None  # None: the upstream owns its adapters
-        self.gate = VariantGate(settings.variant_concurrency, settings.variant_queue_timeout)
+        # the app's limits (shared through Redis when configured), else a gate of its own
+        self.gate = gate or VariantGate(
+            settings.variant_concurrency, settings.variant_queue_timeout
+        )
 
     # -- start-up --------------------------------------------------------------------------
     async def start(self) -> None:

@@ -6,12 +6,15 @@ their own settings and several apps can live in one process.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.registry import is_database_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOGUE = REPO / "adapters" / "catalogue.yaml"
@@ -30,6 +33,22 @@ class ApiKey(BaseModel):
         default=None,
         description="Model ids this key may use (shell patterns, e.g. tutor-es-*); unset: all.",
     )
+
+
+def _registry_location(value: Any) -> Any:
+    """A postgresql:// URL stays a string; anything else is a path.
+
+    Left to pydantic, ``Path | str`` would make every value a Path, and Path("postgresql://h/db")
+    collapses the "//" into "postgresql:/h/db".
+    """
+    if is_database_url(value):
+        return value.strip()
+    if isinstance(value, str | os.PathLike):
+        return Path(value)
+    return value
+
+
+RegistryLocation = Annotated[Path | str, BeforeValidator(_registry_location)]
 
 
 class Settings(BaseSettings):
@@ -75,8 +94,10 @@ class Settings(BaseSettings):
     upstream_api_key: str = "none"
     upstream_timeout: float = 120.0
 
-    registry: Path | None = Field(
-        default=None, description="Adapter registry (SQLite); default $TUTOR_HOME/registry.sqlite."
+    registry: RegistryLocation | None = Field(
+        default=None,
+        description="Adapter registry: a SQLite file (default $TUTOR_HOME/registry.sqlite), or a "
+        "postgresql:// URL that several gateways share (the `postgres` extra).",
     )
     adapter_dir: Path | None = Field(
         default=None,
@@ -190,6 +211,12 @@ class Settings(BaseSettings):
     variant_queue_timeout: float = Field(
         default=5.0, description="Seconds a request waits for a busy variant before a 429."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis (redis://host:6379/0) where several gateways share the key limits "
+        "and variant quotas, so together they give a key exactly its limit; unset: each gateway "
+        "counts in its own memory. Needs the `redis` extra.",
+    )
     max_body_bytes: int = Field(default=1_000_000, description="Largest request body.")
     max_messages: int = Field(default=200, description="Most messages in one request.")
     max_content_chars: int = Field(default=32_000, description="Longest message content.")
@@ -210,8 +237,22 @@ class Settings(BaseSettings):
     )
 
     @property
+    def registry_url(self) -> str | None:
+        """The PostgreSQL registry's URL; None when the registry is a SQLite file."""
+        return self.registry if isinstance(self.registry, str) else None
+
+    @property
     def registry_path(self) -> Path:
+        """The SQLite registry's file. A PostgreSQL registry has none: ask ``registry_url``
+        first (a wrong path here would silently start a second, empty registry)."""
+        if isinstance(self.registry, str):
+            raise ValueError("TUTOR_REGISTRY is a PostgreSQL URL: the registry has no file")
         return self.registry or self.home / "registry.sqlite"
+
+    @property
+    def registry_location(self) -> Path | str:
+        """What ``Registry`` opens: the URL, or the SQLite file."""
+        return self.registry_url or self.registry_path
 
     @property
     def adapter_store(self) -> Path:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from server.model_store import make_tiny, prepare_smollm2
 from server.settings import Settings
-from tests.support import make_random_adapter
+from tests.support import create_database, make_random_adapter, postgres_bin, start_postgres
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,3 +54,24 @@ def tiny_adapters(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 def tiny_settings(tutor_home: Path, tiny_path: Path) -> Settings:
     return Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real PostgreSQL on 127.0.0.1 for the whole session, started on first use (under a
+    second); its URL. Session-wide because the registry tests of both modules and the cluster
+    tests share it; each test takes its own database (``pg_url``)."""
+    pytest.importorskip("psycopg", reason="the `postgres` extra (psycopg) is not installed")
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    url, stop = start_postgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    """A new, empty database on the session's PostgreSQL."""
+    return create_database(postgres_server)

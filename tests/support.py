@@ -1,4 +1,5 @@
-"""Test helpers: a real uvicorn server in a thread, and random PEFT adapters for the tiny model."""
+"""Test helpers: a real uvicorn server in a thread, random PEFT adapters for the tiny model, and a
+throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -131,3 +134,149 @@ def peft_reference(
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
     return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def postgres_bin() -> Path | None:
+    """The folder with initdb and pg_ctl (Debian keeps them off PATH), newest version first."""
+    candidates = [Path(p).resolve().parent for p in [shutil.which("pg_ctl")] if p]
+    candidates += sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for d in candidates:
+        if (d / "initdb").is_file() and (d / "pg_ctl").is_file():
+            return d
+    return None
+
+
+def start_postgres(tmp_dir: Path, *, attempts: int = 3) -> tuple[str, Callable[[], None]]:
+    """Start a throwaway PostgreSQL on 127.0.0.1; returns its URL and a ``stop`` function.
+
+    Trust authentication, no TLS, fsync off: for tests only. PostgreSQL refuses to run as root,
+    so as root its commands run as the ``postgres`` system user, in a fresh folder under the
+    system temp dir (pytest's own temp dirs are private to root); the server log is copied to
+    ``tmp_dir/postgres.log`` on stop. ``stop`` is idempotent.
+    """
+    bindir = postgres_bin()
+    if bindir is None:
+        raise FileNotFoundError("no PostgreSQL server binaries (initdb, pg_ctl)")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    as_root = os.geteuid() == 0
+    if as_root:
+        import pwd
+
+        pg_user = pwd.getpwnam("postgres")  # KeyError: no such user
+        cluster = Path(tempfile.mkdtemp(prefix="tutor-pg-"))
+        os.chown(cluster, pg_user.pw_uid, pg_user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    else:
+        cluster = Path(tempfile.mkdtemp(prefix="pg-", dir=tmp_dir))
+        run_as = []
+    data, sock, log = cluster / "data", cluster / "sock", cluster / "postgres.log"
+
+    def pg(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*run_as, *map(str, args)], cwd=cluster, capture_output=True, text=True, check=check
+        )
+
+    try:
+        pg("mkdir", "-m", "700", sock)  # owned by the server's user
+        init_args = ["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"]
+        pg(bindir / "initdb", "-D", data, *init_args)
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(cluster, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {exc.stderr}") from exc
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        pg(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop", check=False)
+        if log.exists():
+            shutil.copyfile(log, tmp_dir / "postgres.log")
+        shutil.rmtree(cluster, ignore_errors=True)
+
+    for attempt in range(attempts):  # a free port can be taken before the server binds it
+        port = free_port()
+        options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start_args = ["-D", data, "-l", log, "-w", "-t", "60", "-o", options, "start"]
+        started = pg(bindir / "pg_ctl", *start_args, check=False)
+        if started.returncode == 0:
+            return f"postgresql://postgres@127.0.0.1:{port}/postgres", stop
+        if attempt == attempts - 1:
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            stop()
+            raise RuntimeError(f"PostgreSQL did not start: {started.stderr}\n{tail}")
+    raise AssertionError("unreachable")
+
+
+def create_database(server_url: str, name: str | None = None) -> str:
+    """A new, empty database on the server at ``server_url``; returns its URL."""
+    import psycopg
+
+    name = name or f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{server_url.rsplit('/', 1)[0]}/{name}"
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _redis_pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(
+    tmp_dir: Path, *, port: int | None = None, attempts: int = 3
+) -> tuple[str, Callable[[], None]]:
+    """Start a throwaway redis-server on 127.0.0.1 (no RDB, no AOF: nothing written but its log,
+    in ``tmp_dir``); returns its URL and an idempotent ``stop``. ``port`` starts it again where
+    a stopped one was, as a Redis that comes back after an outage."""
+    if not Path(REDIS_SERVER).is_file():
+        raise FileNotFoundError("no redis-server binary")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1 if port else attempts):  # a free port can be taken before the bind
+        at = port or free_port()
+        log = tmp_dir / f"redis-{at}.log"
+        args = ["--port", str(at), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        proc = subprocess.Popen(
+            [REDIS_SERVER, *args, "--dir", str(tmp_dir), "--logfile", str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and not _redis_pings(at) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None and _redis_pings(at):
+
+            def stop(proc: subprocess.Popen = proc) -> None:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+
+            return f"redis://127.0.0.1:{at}/0", stop
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if attempt == attempts - 1 or port:
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"redis-server did not start on port {at}:\n{tail}")
+    raise AssertionError("unreachable")

@@ -108,7 +108,7 @@ async def answer(
     rec.update(key=principal.name, model=body.model, stream=body.stream)
     service.check_access(principal, body.model)
     limiter = request.app.state.limiter
-    limiter.admit(principal)
+    await limiter.admit(principal)
     target, gen_request = await service.prepare(body, principal.name)
     forward = trace_headers()  # W3C traceparent, when tracing is on
     if rid := request_id(request.scope):
