@@ -152,6 +152,8 @@ class AdapterManager:
 
     async def _make_room(self) -> None:
         """Unload least recently used versions that no request holds, down to the limit."""
+        if self.engine.places_adapters:  # the engine keeps each replica's own LRU
+            return
         idle = [n for n in self._resident if self._refs[n] == 0]
         # versions no alias points to go before live ones
         idle.sort(key=lambda n: self._is_live(n))

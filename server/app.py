@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         base_id, base_source = base_identity(settings)
         eng = engine or build_engine(settings)
         await eng.start()
+        app.state.metrics.watch_replicas(eng.replica_stats)  # nothing for a single upstream
         limiter = app.state.limiter
         await limiter.start()
         try:

@@ -29,6 +29,7 @@ from difflib import SequenceMatcher
 
 from adapters.variants import Variant
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams
+from server.errors import EngineUnavailable
 
 MIN_SIMILARITY = 0.6  # token overlap below this: the "correction" is another sentence
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -91,7 +92,12 @@ async def correct(
         upstream_model=where.upstream_model,
         headers=request.headers,
     )
-    parts = [delta.text async for delta in engine.generate(ask)]
+    try:
+        parts = [delta.text async for delta in engine.generate(ask)]
+    except EngineUnavailable:
+        # The corrector's line is collected, never shown: one cut mid-way (a vLLM replica that
+        # died) costs nothing to ask again, and the replica set sends the retry elsewhere.
+        parts = [delta.text async for delta in engine.generate(ask)]
     return "".join(parts).strip()
 
 

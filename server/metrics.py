@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # The phases of the first token run from the gateway's own ~1 ms to a corrector turn's seconds.
@@ -50,6 +52,7 @@ class Histogram(_Memo, prometheus_client.Histogram):
 class Metrics:
     def __init__(self, build: dict[str, str] | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._replicas_watched = False
         r = self.registry
         # the process (CPU, memory, open files) and the interpreter, as every Prometheus client
         prometheus_client.ProcessCollector(registry=r)
@@ -142,9 +145,71 @@ class Metrics:
             registry=r,
         )
 
+    def watch_replicas(self, source: Callable[[], Sequence[Any]]) -> None:
+        """Report an engine's replicas (``Engine.replica_stats``) on every scrape."""
+        if not self._replicas_watched:
+            self.registry.register(_ReplicaCollector(source))
+            self._replicas_watched = True
+
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_latency.labels(route, method).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ReplicaCollector:
+    """Per-replica series read from the engine when scraped: the router's own counters, so
+    nothing on the request path touches prometheus_client for them."""
+
+    def __init__(self, source: Callable[[], Sequence[Any]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # the replicas are only known when scraped
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.source()
+        if not stats:
+            return
+        up = GaugeMetricFamily(
+            "tutor_replica_up", "1 while a vLLM replica takes requests", labels=["replica"]
+        )
+        running = GaugeMetricFamily(
+            "tutor_replica_in_flight", "Requests running on a vLLM replica", labels=["replica"]
+        )
+        held = GaugeMetricFamily(
+            "tutor_replica_adapters", "Adapter versions a vLLM replica holds", labels=["replica"]
+        )
+        routed = CounterMetricFamily(
+            "tutor_replica_routed",
+            "Requests routed to a replica, by placement: hit (it held the version), spread (the "
+            "holders were over the load bound), miss (nobody held it), base (no adapter)",
+            labels=["replica", "placement"],
+        )
+        loads = CounterMetricFamily(
+            "tutor_replica_adapter_loads", "Cold adapter loads on a replica", labels=["replica"]
+        )
+        retries = CounterMetricFamily(
+            "tutor_replica_retries",
+            "Requests that failed on a replica before their first token and moved to another",
+            labels=["replica"],
+        )
+        hits = tried = 0
+        for s in stats:
+            up.add_metric([s.url], 1.0 if s.up else 0.0)
+            running.add_metric([s.url], s.in_flight)
+            held.add_metric([s.url], len(s.adapters))
+            for placement in ("hit", "spread", "miss", "base"):
+                routed.add_metric([s.url, placement], s.routed.get(placement, 0))
+            loads.add_metric([s.url], s.loads)
+            retries.add_metric([s.url], s.retries)
+            hits += s.routed.get("hit", 0)
+            tried += sum(n for p, n in s.routed.items() if p != "base")
+        ratio = GaugeMetricFamily(
+            "tutor_router_affinity_hit_ratio",
+            "Adapter requests routed to a replica that already held their version",
+            value=hits / tried if tried else 0.0,
+        )
+        yield from (up, running, held, routed, loads, retries, ratio)

@@ -131,6 +131,26 @@ class Settings(BaseSettings):
         description="Bearer key vLLM requires: sent to a remote vLLM, and a managed vLLM is "
         "started with it (VLLM_API_KEY), so nothing else on the host can load adapters into it.",
     )
+    vllm_urls: str | None = Field(
+        default=None,
+        description="Several remote vLLM replicas, comma-separated /v1 URLs, or dns+http://name:"
+        "port/v1 for every address a name resolves to (a headless Service); the gateway routes "
+        "each adapter version to a replica that holds it (server/engines/replicas.py).",
+    )
+    vllm_routing: Literal["affinity", "round_robin"] = Field(
+        default="affinity",
+        description="With several replicas: affinity (a version goes where it is loaded, else by "
+        "consistent hashing with a load bound) or round_robin (for comparison).",
+    )
+    vllm_load_factor: float = Field(
+        default=1.25,
+        ge=1.0,
+        description="A replica takes a request while its running requests stay under this times "
+        "the mean; above it a hot version spreads to the next replica on the ring.",
+    )
+    vllm_health_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between health checks of each vLLM replica."
+    )
     vllm_python: Path = Field(
         default=REPO / ".venv-vllm" / "bin" / "python",
         description="Interpreter of the virtual environment vLLM is installed in (`make vllm`).",

@@ -13,6 +13,7 @@ import yaml
 from adapters.variants import Catalogue
 from server.app import create_app
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
+from server.errors import EngineUnavailable
 from server.grounding import corrector_max_tokens, ground, plausible
 from server.settings import DEFAULT_CATALOGUE, Settings
 from tests.support import peft_reference, running_server
@@ -95,6 +96,37 @@ def test_ground_puts_the_note_after_the_last_learner_turn(correction, outcome, n
             grounded.messages[-1]["role"] == "system" and note in grounded.messages[-1]["content"]
         )
         assert grounded.params == request.params and grounded.adapter == adapter
+
+
+class DroppingEngine(ScriptedCorrectorEngine):
+    """Fake: cuts its first ``cuts`` answers after one delta, as a vLLM replica killed mid-turn
+    does (the real kill is in tests/test_cluster.py)."""
+
+    def __init__(self, correction: str, cuts: int) -> None:
+        super().__init__(correction)
+        self.cuts = cuts
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
+        cut = len(self.requests) < self.cuts
+        async for delta in super().generate(request):
+            yield delta
+            if cut:
+                raise EngineUnavailable("upstream closed the connection mid-response")
+
+
+def test_a_corrector_turn_cut_mid_way_is_asked_once_more() -> None:
+    """The corrector's line is collected, never streamed: a cut turn is asked again (with
+    replicas, on another one); a second cut is the engine's error, a 503 for the learner."""
+    tutor = CATALOGUE.variants["tutor"]
+    request = GenerationRequest([{"role": "user", "content": LEARNER}], SamplingParams(50))
+    once = DroppingEngine("Yesterday I went to the store.", cuts=1)
+    _, what = asyncio.run(ground(once, request, tutor))
+    assert len(once.requests) == 2 and what.correction == "Yesterday I went to the store."
+    assert what.outcome == "changed"
+    twice = DroppingEngine("Yesterday I went to the store.", cuts=2)
+    with pytest.raises(EngineUnavailable):
+        asyncio.run(ground(twice, request, tutor))
+    assert len(twice.requests) == 2
 
 
 @pytest.mark.parametrize(

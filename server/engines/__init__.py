@@ -105,6 +105,20 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
     from server.engines.vllm_process import VLLMProcess
 
     key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+    if settings.vllm_urls:
+        from server.engines.replicas import VLLMReplicaSet
+
+        return VLLMReplicaSet(
+            settings.vllm_urls.split(","),
+            served_model=public_id,
+            max_lora_rank=settings.max_lora_rank,
+            max_resident=settings.max_resident_adapters,
+            timeout=settings.upstream_timeout,
+            api_key=key or "none",
+            routing=settings.vllm_routing,
+            load_factor=settings.vllm_load_factor,
+            health_interval=settings.vllm_health_interval,
+        )
     if settings.vllm_url:
         return VLLMEngine(
             settings.vllm_url,

@@ -85,6 +85,19 @@ class TextDelta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReplicaStats:
+    """One upstream replica as /metrics and /health report it (engines with several)."""
+
+    url: str
+    up: bool
+    in_flight: int
+    adapters: tuple[str, ...]
+    routed: Mapping[str, int]  # placement (hit, spread, miss, base) -> requests
+    loads: int  # cold adapter loads on this replica
+    retries: int  # requests that failed here before their first token and went elsewhere
+
+
 class Engine(ABC):
     """Generates chat completions, optionally through a LoRA adapter."""
 
@@ -93,6 +106,9 @@ class Engine(ABC):
     # Which of OPTIONAL_PARAMS it honours: a request setting another one is refused with a 400
     # naming it, never answered as if it had not been sent.
     optional_params: frozenset[str] = frozenset()
+    # True when the engine decides where versions live and evicts them itself (several
+    # replicas, each with its own LRU); the adapter manager then only loads and retires.
+    places_adapters: bool = False
 
     async def start(self) -> None:
         """Load models or connect; called once by the app's lifespan."""
@@ -113,6 +129,10 @@ class Engine(ABC):
 
     async def unload_adapter(self, name: str) -> None:
         """Forget an adapter; engines without local adapters ignore it."""
+
+    def replica_stats(self) -> list[ReplicaStats]:
+        """Per-replica routing figures; empty for an engine with a single upstream or none."""
+        return []
 
     @abstractmethod
     async def health(self) -> dict[str, Any]:

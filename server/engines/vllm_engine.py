@@ -47,11 +47,15 @@ class VLLMEngine(OpenAIEngine):
             self.optional_params = self.optional_params - {"logit_bias"}
         self._loaded: set[str] = set()
         if process is not None:
-            process.on_restart = self._forget_adapters
+            process.on_restart = self.forget_adapters
 
-    def _forget_adapters(self) -> None:
+    def forget_adapters(self) -> None:
         """A restarted vLLM holds no adapters: they load again on demand."""
         self._loaded.clear()
+
+    def forget_adapter(self, name: str) -> None:
+        """Load ``name`` again before its next use (its server may have lost it)."""
+        self._loaded.discard(name)
 
     async def start(self) -> None:
         if self.process is not None:
