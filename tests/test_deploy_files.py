@@ -264,10 +264,14 @@ def test_vllm_replicas_serve_lora_behind_the_gateway() -> None:
     assert "--enable-lora" in c["args"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     config = _by_kind("ConfigMap")["tutor-gateway"]["data"]
-    url = urlparse(config["TUTOR_VLLM_URL"])
-    lb = _by_kind("Service")[url.hostname]
-    assert lb["spec"]["selector"] == vllm["spec"]["selector"]["matchLabels"]
-    assert url.port == lb["spec"]["ports"][0]["port"]
+    # every gateway resolves the headless Service to the ready replicas and routes by itself
+    assert "TUTOR_VLLM_URL" not in config
+    assert config["TUTOR_VLLM_URLS"].startswith("dns+")
+    url = urlparse(config["TUTOR_VLLM_URLS"].removeprefix("dns+"))
+    headless = _by_kind("Service")[url.hostname]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == vllm["spec"]["selector"]["matchLabels"]
+    assert url.port == headless["spec"]["ports"][0]["port"] and url.path == "/v1"
     assert c["args"][c["args"].index("--model") + 1] == config["TUTOR_MODEL"]
     # Same claim at the same path: adapter paths the gateway sends are valid in vLLM.
     gateway = _by_kind("Deployment")["gateway"]["spec"]["template"]["spec"]
@@ -338,7 +342,7 @@ def test_disruption_budgets_and_the_fence_around_vllm() -> None:
         ]
         if w["metadata"]["name"] in ("vllm", "gateway"):
             assert covering and covering[0]["spec"]["maxUnavailable"] == 1, w["metadata"]["name"]
-    (fence,) = _by_kind("NetworkPolicy").values()
+    fence = _by_kind("NetworkPolicy")["vllm-from-gateway-only"]
     vllm = _by_kind("StatefulSet")["vllm"]["spec"]["template"]
     gateway = _by_kind("Deployment")["gateway"]["spec"]["template"]
     assert fence["spec"]["podSelector"]["matchLabels"].items() <= vllm["metadata"]["labels"].items()
@@ -359,3 +363,58 @@ def test_disruption_budgets_and_the_fence_around_vllm() -> None:
     assert secret(vllm["spec"]["containers"][0], "VLLM_API_KEY") == secret(
         gateway["spec"]["containers"][0], "TUTOR_VLLM_API_KEY"
     )
+
+
+def _workload(name: str) -> dict:
+    (w,) = [w for w in _workloads() if w["metadata"]["name"] == name]
+    return w
+
+
+def _serves(service: str, workload: str, port: int | None) -> bool:
+    svc, w = _by_kind("Service")[service], _workload(workload)
+    labels = w["spec"]["template"]["metadata"]["labels"]
+    return svc["spec"]["selector"].items() <= labels.items() and (
+        port is None or port in [p["port"] for p in svc["spec"]["ports"]]
+    )
+
+
+def test_the_gateways_share_postgres_and_redis_not_a_file() -> None:
+    """Several gateways: the registry in PostgreSQL (no SQLite on a shared volume: its WAL
+    does not work over a network file system) and the limits in Redis, each fenced off."""
+    gateway = _by_kind("Deployment")["gateway"]
+    assert gateway["spec"]["replicas"] >= 2
+    config = _by_kind("ConfigMap")["tutor-gateway"]["data"]
+    env = gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    registry = next(e["value"] for e in env if e["name"] == "TUTOR_REGISTRY")
+    assert "TUTOR_REGISTRY" not in config  # not a path on the shared volume
+    url = urlparse(registry)
+    assert url.scheme == "postgresql" and url.path == "/tutor"
+    assert _serves(url.hostname, "postgres", url.port)
+    # $(POSTGRES_PASSWORD) is filled in by Kubernetes only from a variable defined before it
+    assert url.password == "$(POSTGRES_PASSWORD)"
+    assert names.index("POSTGRES_PASSWORD") < names.index("TUTOR_REGISTRY")
+    postgres = _workload("postgres")["spec"]["template"]["spec"]["containers"][0]
+    pg_env = {e["name"]: e for e in postgres["env"]}
+    assert url.username == pg_env["POSTGRES_USER"]["value"]
+    assert url.path.strip("/") == pg_env["POSTGRES_DB"]["value"]
+    ours = next(e for e in env if e["name"] == "POSTGRES_PASSWORD")
+    assert ours["valueFrom"] == pg_env["POSTGRES_PASSWORD"]["valueFrom"]
+    redis = urlparse(config["TUTOR_REDIS_URL"])
+    assert redis.scheme == "redis" and _serves(redis.hostname, "redis", redis.port)
+    # only the gateway reaches either
+    fences = _by_kind("NetworkPolicy")
+    for name, port in (("postgres", url.port), ("redis", redis.port)):
+        (rule,) = fences[f"{name}-from-gateway-only"]["spec"]["ingress"]
+        (source,) = rule["from"]
+        assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gateway"}
+        assert [p["port"] for p in rule["ports"]] == [port]
+        target = fences[f"{name}-from-gateway-only"]["spec"]["podSelector"]["matchLabels"]
+        assert target.items() <= _workload(name)["spec"]["template"]["metadata"]["labels"].items()
+    # compose: the same, for one host
+    services = _compose(COMPOSE_FILES[0])["services"]
+    genv = services["gateway"]["environment"]
+    registry = re.sub(r"\$\{[^}]*\}", "secret", genv["TUTOR_REGISTRY"])  # as compose fills it in
+    assert urlparse(registry).hostname == "postgres" in services
+    assert urlparse(genv["TUTOR_REDIS_URL"]).hostname == "redis" in services
+    assert {"postgres", "redis"} <= set(services["gateway"]["depends_on"])
