@@ -19,9 +19,13 @@ class Fake:
     url: str
     in_flight: int = 0
     held: set[str] = field(default_factory=set)
+    slots: int = 8
 
     def holds(self, adapter: str) -> bool:
         return adapter in self.held
+
+    def has_room(self) -> bool:
+        return len(self.held) < self.slots
 
 
 def _three() -> list[Fake]:
@@ -68,6 +72,35 @@ def test_a_hot_version_spreads_past_the_load_bound():
         r.in_flight = 3
     chosen, placement = router.choose(replicas, "tutor@1")
     assert chosen is home and placement == "hit"
+
+
+def test_a_hot_version_never_spills_onto_a_full_replica():
+    """Spilling into a full replica would unload one of its versions, whose next request then
+    pays the cold load: the holder queues the request instead."""
+    replicas = _three()
+    for r in replicas:
+        r.slots, r.held = 1, {f"other-{r.url}"}
+    home, _ = Router().choose([Fake(r.url) for r in replicas], "tutor@1")
+    home = next(r for r in replicas if r.url == home.url)
+    home.held = {"tutor@1"}
+    home.in_flight = 5
+    chosen, placement = Router().choose(replicas, "tutor@1")
+    assert chosen is home and placement == "hit"
+    # a replica with a free slot does take the spill
+    spare = next(r for r in replicas if r is not home)
+    spare.held = set()
+    chosen, placement = Router().choose(replicas, "tutor@1")
+    assert chosen is spare and placement == "spread"
+
+
+def test_new_versions_fill_free_slots_before_crowding_their_home():
+    replicas = [Fake("http://a:8000/v1", slots=2), Fake("http://b:8000/v1", slots=2)]
+    router = Router()
+    for n in range(4):
+        chosen, placement = router.choose(replicas, f"v@{n}")
+        assert placement == "miss"
+        chosen.held.add(f"v@{n}")
+    assert [len(r.held) for r in replicas] == [2, 2]  # whatever the ring's homes were
 
 
 def test_removing_a_replica_moves_only_its_versions():

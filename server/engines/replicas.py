@@ -48,6 +48,7 @@ class Replica:
 
     url: str
     engine: VLLMEngine
+    capacity: int  # versions it keeps loaded (TUTOR_MAX_RESIDENT_ADAPTERS)
     up: bool = True
     in_flight: int = 0
     resident: OrderedDict[str, AdapterRef] = field(default_factory=OrderedDict)  # LRU first
@@ -60,6 +61,9 @@ class Replica:
 
     def holds(self, adapter: str) -> bool:
         return adapter in self.resident
+
+    def has_room(self) -> bool:
+        return len(self.resident) < self.capacity
 
     def forget(self) -> None:
         """A replica that was down may have restarted: assume it holds nothing."""
@@ -109,7 +113,7 @@ class VLLMReplicaSet(Engine):
             timeout=self.timeout,
             api_key=self.api_key,
         )
-        return Replica(url=url, engine=engine)
+        return Replica(url=url, engine=engine, capacity=self.max_resident)
 
     async def _endpoints(self) -> list[str]:
         """The replica URLs the specs stand for now (DNS names resolved)."""

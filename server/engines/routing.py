@@ -1,16 +1,22 @@
 """Where a request goes when several vLLM replicas serve the same base model.
 
 A LoRA request is cheap on a replica that holds its adapter and pays a cold load (read the
-weights, fill a slot) everywhere else, so the policy is adapter affinity:
+weights, take a slot, maybe push another version out) everywhere else, so the policy is adapter
+affinity:
 
 1. a healthy replica that already holds the version and is under the load bound takes it;
-2. otherwise the version's place on a consistent-hash ring decides (the first replica under the
-   bound, clockwise from the version's hash), so every gateway that sees the same replicas puts
-   the same version in the same place without talking to the others;
+2. a version nobody holds goes to its home on a consistent-hash ring (the first replica
+   clockwise from the version's hash that is under the bound and has a free slot), so every
+   gateway that sees the same replicas puts the same version in the same place without talking
+   to the others, and versions fill the replicas' slots instead of crowding one;
 3. the bound is consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam,
    2018; HAProxy's ``hash-balance-factor``): a replica takes a request only while its running
-   requests stay below ``load_factor`` times the mean, so a hot version spills onto the next
-   replica on its ring and is then held by both.
+   requests stay below ``load_factor`` times the mean. When every holder is over it, a hot
+   version spills onto the next replica on its ring that has a free slot, which then holds it
+   too. It never spills onto a full replica: pushing a version out there to make room would
+   only move the cold load to the next request for that version (with 4 adapters on 2
+   replicas of 2 slots, a router that did so made 18 cold loads in 48 requests where this one
+   makes none: docs/PERFORMANCE.md, section 8), so the holder queues the request instead.
 
 Base-model requests (no adapter) go to the least loaded replica. ``round_robin`` exists to
 measure what affinity buys (deploy/bench/routing.py).
@@ -41,6 +47,7 @@ class Candidate(Protocol):
     @property
     def in_flight(self) -> int: ...
     def holds(self, adapter: str) -> bool: ...
+    def has_room(self) -> bool: ...  # a version can be loaded without unloading another
 
 
 C = TypeVar("C", bound=Candidate)
@@ -106,7 +113,11 @@ class Router:
         for r in holders:
             if r.in_flight < cap:
                 return r, "hit"
-        for r in order:
-            if r.in_flight < cap:
+        for r in order:  # a free slot under the bound: its home, or the next one with room
+            if r.in_flight < cap and r.has_room() and not r.holds(adapter):
                 return r, "spread" if holders else "miss"
-        return order[0], "spread" if holders else "miss"  # unreachable: the mean is under cap
+        if holders:  # every holder busy, no room elsewhere: queue on the least busy holder
+            return min(holders, key=lambda r: r.in_flight), "hit"
+        # nobody holds it and no replica has room: its home (or the next one under the bound)
+        # makes room by unloading its least recently used idle version
+        return next((r for r in order if r.in_flight < cap), order[0]), "miss"
