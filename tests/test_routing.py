@@ -1,4 +1,5 @@
-"""The replica router's policy (server/engines/routing.py): pure decisions, no servers.
+"""The replica router's policy (server/engines/routing.py): pure decisions, no servers; and
+how a replica set finds its replicas by DNS (one real HTTP server).
 
 The real replicas are in tests/test_cluster.py; here each rule is checked on its own, with
 loads and residency set by hand, so a rule that breaks names itself.
@@ -6,12 +7,17 @@ loads and residency set by hand, so a rule that breaks names itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
+from fastapi import FastAPI
 
+from server.engines.replicas import VLLMReplicaSet
 from server.engines.routing import Router
+from server.errors import EngineUnavailable
+from tests.support import running_server
 
 
 @dataclass
@@ -132,3 +138,36 @@ def test_round_robin_ignores_residency():
 def test_no_replica_is_an_error():
     with pytest.raises(ValueError):
         Router().choose([], "tutor@1")
+
+
+def test_a_dns_name_stands_for_every_address_it_resolves_to():
+    """``dns+http://name:port/v1`` (a headless Service) becomes one replica per address, checked
+    by a real health probe; a name that does not resolve gives no replica and a clear 503."""
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {}
+
+    async def look(spec: str) -> tuple[dict, list]:
+        replicas = VLLMReplicaSet([spec], served_model="m", health_interval=60)
+        try:
+            await replicas.start()
+            try:
+                return await replicas.health(), replicas.replica_stats()
+            except EngineUnavailable as exc:
+                return {"error": str(exc), "status": exc.status}, replicas.replica_stats()
+        finally:
+            await replicas.aclose()
+
+    with running_server(app) as url:
+        port = url.rsplit(":", 1)[1]
+        health, stats = asyncio.run(look(f"dns+http://localhost:{port}/v1"))
+    ours = f"http://127.0.0.1:{port}/v1"
+    assert ours in [s.url for s in stats] and all(
+        s.url in (ours, f"http://[::1]:{port}/v1") for s in stats
+    )
+    assert [s.up for s in stats if s.url == ours] == [True]
+    assert health["engine"] == "vllm" and ours in [r["url"] for r in health["replicas"]]
+    health, stats = asyncio.run(look("dns+http://no-such-replica.invalid:8000/v1"))
+    assert stats == [] and health == {"error": "no vLLM replica is up", "status": 503}
