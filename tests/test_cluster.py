@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -27,7 +26,14 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.variants import Catalogue
-from deploy.bench.common import Group, logs_dir, start_gateway, vllm_command, wait_ready
+from deploy.bench.common import (
+    Group,
+    logs_dir,
+    metric_sum,
+    start_gateway,
+    vllm_command,
+    wait_ready,
+)
 from server.settings import DEFAULT_CATALOGUE, REPO, Settings
 from tests.support import (
     free_port,
@@ -192,15 +198,7 @@ def _chat(url: str, model: str, *, key: str = LEARNER_KEY, stream: bool = True) 
 
 
 def _metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        m = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-        if m is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
+    return metric_sum(httpx.get(f"{url}/metrics").text, name, **labels)
 
 
 def _routed(urls: tuple[str, ...], placement: str) -> float:
@@ -239,7 +237,13 @@ def test_each_version_lives_where_the_router_put_it(cluster):
         assert {r["url"]: set(r["adapters"]) for r in replicas} == truth
 
 
-def _load(urls: list[str], model: str, stop: threading.Event, results: list, workers: int = 4):
+@contextlib.contextmanager
+def _under_load(urls: list[str], model: str, workers: int = 4) -> Iterator[list[dict]]:
+    """Streams for ``model`` from ``workers`` threads, alternating gateways, until the block
+    ends; yields the list their results are appended to (with when each was sent)."""
+    results: list[dict] = []
+    stop = threading.Event()
+
     def worker(i: int) -> None:
         while not stop.is_set():
             sent = time.monotonic()
@@ -250,18 +254,24 @@ def _load(urls: list[str], model: str, stop: threading.Event, results: list, wor
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
     for t in threads:
         t.start()
-    return threads
+    try:
+        yield results
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def _wait_for(results: list[dict], count: int, *, sent_after: float = 0.0) -> None:
+    while sum(o["sent"] > sent_after for o in results) < count:
+        time.sleep(0.05)
 
 
 def test_promotion_through_one_gateway_under_load_through_both(cluster):
     gw1, gw2 = cluster["gateways"]
     expected = cluster["expected"]
-    results: list[dict] = []
-    stop = threading.Event()
-    threads = _load([gw1, gw2], "tutor-es-l2", stop, results)
-    try:
-        while len(results) < 8:
-            time.sleep(0.05)
+    with _under_load([gw1, gw2], "tutor-es-l2") as results:
+        _wait_for(results, 8)
         r = httpx.post(
             f"{gw1}/admin/variants/tutor-es-l2/promote",
             json={"version": "tutor-es-l2@2"},
@@ -271,12 +281,7 @@ def test_promotion_through_one_gateway_under_load_through_both(cluster):
         promoted_at = time.monotonic()
         assert r.status_code == 200, r.text
         assert r.json()["current"] == "tutor-es-l2@2"
-        while sum(o["sent"] > promoted_at + 1.0 for o in results) < 8:
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        _wait_for(results, 8, sent_after=promoted_at + 1.0)
     failed = [o for o in results if not o["ok"]]
     assert not failed, failed
     for o in results:  # every reply wholly from the version its header names
@@ -311,20 +316,11 @@ def test_a_replica_killed_under_load_fails_only_started_streams_then_recovers(cl
     ports, groups = cluster["vllm_ports"], cluster["vllm_groups"]
     # kill the replica that holds the live tutor, so its requests must move
     victim = next(i for i, p in enumerate(ports) if "tutor@1" in _held(p))
-    results: list[dict] = []
-    stop = threading.Event()
-    threads = _load([gw1, gw2], "tutor", stop, results)
-    try:
-        while len(results) < 6:
-            time.sleep(0.05)
+    with _under_load([gw1, gw2], "tutor") as results:
+        _wait_for(results, 6)
         os.killpg(groups[victim].pgid, signal.SIGKILL)
         killed_at = time.monotonic()
-        while sum(o["sent"] > killed_at + 1.0 for o in results) < 8:
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        _wait_for(results, 8, sent_after=killed_at + 1.0)
     failed = [o for o in results if not o["ok"]]
     # a request that had not streamed anything was retried on the other replica
     assert all(o["started"] for o in failed), failed

@@ -325,6 +325,21 @@ def running(*groups: Group) -> Iterator[None]:
             g.stop()
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if m is None:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
 # -- load ------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(rb'"content":\s*"[^"]')

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from deploy.bench.common import (
     free_port,
     install_cleanup,
     machine,
+    metric_sum,
     ms,
     pct,
     run_loop,
@@ -70,21 +70,6 @@ def setup_registry(root: Path) -> dict[str, str]:
         registry.promote(variant, v.name)
         live[variant] = v.name
     return live
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        m = re.match(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-        if m is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def unload_everywhere(ports: list[int], names: list[str]) -> None:
