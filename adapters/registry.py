@@ -343,6 +343,58 @@ class Registry:
         base_aliases: tuple[str, ...] = (),
     ) -> AdapterVersion:
         """Validate a PEFT folder, copy it into the store and record it as ``variant@n``."""
+        return self._add(
+            path,
+            variant=variant,
+            base_model=base_model,
+            max_rank=max_rank,
+            parent=parent,
+            source=source,
+            eval_summary=eval_summary,
+            base_aliases=base_aliases,
+            once=False,
+        )[0]
+
+    def add_once(
+        self,
+        path: Path,
+        *,
+        variant: str,
+        base_model: str,
+        max_rank: int,
+        parent: str | None = None,
+        source: dict[str, Any] | None = None,
+        eval_summary: dict[str, Any] | None = None,
+        base_aliases: tuple[str, ...] = (),
+    ) -> tuple[AdapterVersion, bool]:
+        """As ``add``, unless the variant already has a version with these weights: then that
+        version, and False. The check is inside the write transaction, so gateways that start
+        together (and each register the shipped adapters) record each folder once."""
+        return self._add(
+            path,
+            variant=variant,
+            base_model=base_model,
+            max_rank=max_rank,
+            parent=parent,
+            source=source,
+            eval_summary=eval_summary,
+            base_aliases=base_aliases,
+            once=True,
+        )
+
+    def _add(
+        self,
+        path: Path,
+        *,
+        variant: str,
+        base_model: str,
+        max_rank: int,
+        parent: str | None,
+        source: dict[str, Any] | None,
+        eval_summary: dict[str, Any] | None,
+        base_aliases: tuple[str, ...],
+        once: bool,
+    ) -> tuple[AdapterVersion, bool]:
         path = Path(path)
         if not is_within(path, self.roots):
             roots = ", ".join(str(r) for r in self.roots)
@@ -355,6 +407,13 @@ class Registry:
         if parent is not None:
             self.get(parent)
         with self._tx() as db:
+            if once:
+                row = db.execute(
+                    "SELECT * FROM versions WHERE variant = ? AND sha256 = ? ORDER BY seq",
+                    (variant, info.sha256),
+                ).fetchone()
+                if row is not None:
+                    return _row_to_version(row), False
             # under the writer lock: two processes adding to one variant get n and n+1
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM versions WHERE variant = ?",
@@ -402,7 +461,7 @@ class Registry:
                     json.dumps(eval_summary) if eval_summary else None,
                 ),
             )
-        return version
+        return version, True
 
     def _copy_in(self, src: Path, name: str) -> Path:
         """Copy the two adapter files into ``store/name`` via a temp folder and a rename."""

@@ -104,11 +104,12 @@ def _add(
     max_rank: int,
     base_aliases: tuple[str, ...],
 ) -> tuple[AdapterVersion, str]:
-    """The registered version with these weights, added (with its lineage) if there is none."""
+    """The registered version with these weights, added (with its lineage) if there is none:
+    in one transaction, so gateways starting together register each folder once."""
     same = [v for v in registry.list(variant) if v.sha256 == sha256]
-    if same:
+    if same:  # the usual restart: no copy, no write
         return same[0], "existing"
-    version = registry.add(
+    version, added = registry.add_once(
         folder,
         variant=variant,
         base_model=base_model,
@@ -124,7 +125,7 @@ def _add(
         eval_summary=manifest.get("eval"),
         base_aliases=base_aliases,
     )
-    return version, "added"
+    return version, "added" if added else "existing"
 
 
 def register_folder(

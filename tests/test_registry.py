@@ -170,3 +170,41 @@ def test_state_survives_kill_9_in_the_middle_of_promotions(registry, adapters_in
         assert all(a != b for a, b in zip(history, history[1:], strict=False))
         # the killed writer's lock went with it: this write goes through
         assert registry.promote("tutor", current) == (current, current)
+
+
+def test_add_once_records_a_folder_once_even_when_two_add_it_together(
+    registry, adapters_in_root, tiny_path, tmp_path
+):
+    """Two gateways starting together each register the shipped adapters: the weights check is
+    inside the write transaction, so the second finds the first's version instead of adding
+    @2 (with the check outside it, both saw none and both added)."""
+    import threading
+
+    other = Registry(registry.location, store=registry.store, roots=registry.roots)
+    barrier = threading.Barrier(2)
+    got: list[tuple[str, bool]] = []
+
+    def add(reg: Registry) -> None:
+        barrier.wait()
+        version, added = reg.add_once(
+            adapters_in_root["es"], variant="tutor", base_model=str(tiny_path), max_rank=16
+        )
+        got.append((version.name, added))
+
+    threads = [threading.Thread(target=add, args=(r,)) for r in (registry, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    other.close()
+    assert sorted(got) == [("tutor@1", False), ("tutor@1", True)]
+    assert [v.name for v in registry.list("tutor")] == ["tutor@1"]
+    # other weights are a new version; the same weights again are the old one
+    v2, added = registry.add_once(
+        adapters_in_root["zh"], variant="tutor", base_model=str(tiny_path), max_rank=16
+    )
+    assert (v2.name, added) == ("tutor@2", True)
+    again, added = registry.add_once(
+        adapters_in_root["es"], variant="tutor", base_model=str(tiny_path), max_rank=16
+    )
+    assert (again.name, added) == ("tutor@1", False)
