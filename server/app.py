@@ -194,6 +194,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(ArrivalClock)  # added last: the outermost layer, the first to run
     for router in (chat.router, models.router, health.router):
         app.include_router(router)
+    # The completion routes are served as plain ASGI apps (routes/chat.py, ChatEndpoint), ahead
+    # of their FastAPI declarations, which stay to document them in /openapi.json.
+    app.router.routes[0:0] = chat.completion_routes()
     if app.state.keys.has_admin:  # no admin key, no admin API at all
         app.include_router(admin.router)
     instrument(app)  # OpenTelemetry, when OTEL_* ask for it (server/tracing.py)

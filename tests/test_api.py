@@ -381,3 +381,56 @@ def test_unknown_route_is_openai_shaped(server):
     r = httpx.get(f"{server}/v1/nothing-here")
     assert r.status_code == 404
     error_of(r)
+
+
+ODD_BODIES = [
+    ("application/json", b""),
+    ("text/plain", b'{"model": "tutor", "messages": []}'),
+    (None, b'{"model": "tutor", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}'),
+    ("application/json", b'{"model": "tutor", "messages": ['),
+    ("application/json", b'{"model": "tutor\xff\xfe"}'),
+    ("application/json", b"[" * 100_000),
+    ("application/json", b'{"messages": [{"role": "user", "content": "hi"}]}'),
+    ("application/json", b'{"model": "tutor", "messages": [{"role": "wizard", "content": "hi"}]}'),
+    ("application/json", b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}'),
+    ("application/vnd.api+json", b'{"model": "tutor", "prompt": "hi", "max_tokens": 0}'),
+]
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["keyless", "keys on"])
+def test_the_plain_asgi_routes_answer_as_the_fastapi_routes_would(keys, tutor_home, tiny_path):
+    """POST /v1/chat/completions and /v1/completions are served by ``ChatEndpoint`` (FastAPI's
+    machinery was a third of the route's time). The FastAPI declarations stay for the OpenAPI
+    document; a gateway without the plain routes serves through them. Both must answer every
+    odd body alike, in the same order of checks (JSON, then the key, then the model): same
+    status, same error."""
+    import hashlib
+
+    from server.routes.chat import ChatEndpoint
+    from server.settings import Settings
+
+    extra = {}
+    if keys:
+        extra["api_keys"] = [{"name": "k", "sha256": hashlib.sha256(b"tk-good").hexdigest()}]
+    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers", **extra)
+    plain, declared = create_app(settings), create_app(settings)
+    assert [type(r.endpoint) for r in plain.router.routes[:2]] == [ChatEndpoint, ChatEndpoint]
+    declared.router.routes[:] = [
+        r
+        for r in declared.router.routes
+        if not isinstance(getattr(r, "endpoint", None), ChatEndpoint)
+    ]
+    auths = [{}, {"Authorization": "Bearer tk-good"}] if keys else [{}]
+    with running_server(plain) as one, running_server(declared) as other:
+        schema = httpx.get(f"{one}/openapi.json").json()
+        assert {"/v1/chat/completions", "/v1/completions"} <= set(schema["paths"])
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            for content_type, body in ODD_BODIES:
+                for auth in auths:
+                    headers = {**auth, **({"content-type": content_type} if content_type else {})}
+                    a = httpx.post(f"{one}{path}", content=body, headers=headers, timeout=60)
+                    b = httpx.post(f"{other}{path}", content=body, headers=headers, timeout=60)
+                    where = (path, content_type, body[:60], auth)
+                    assert a.status_code == b.status_code, (*where, a.text, b.text)
+                    if a.status_code != 200:
+                        assert a.json() == b.json(), where
