@@ -35,7 +35,7 @@ import httpx
 from server.engines.base import AdapterRef, Engine, GenerationRequest, ReplicaStats, TextDelta
 from server.engines.routing import Policy, Router
 from server.engines.vllm_engine import VLLMEngine
-from server.errors import EngineUnavailable
+from server.errors import EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +247,13 @@ class VLLMReplicaSet(Engine):
     async def unload_adapter(self, name: str) -> None:
         for r in list(self.replicas.values()):
             r.resident.pop(name, None)
-            if r.up:
-                await r.engine.unload_adapter(name)  # a replica that never had it answers 404
-            else:
+            if not r.up:
                 r.engine.forget_adapter(name)
+                continue
+            try:
+                await r.engine.unload_adapter(name)  # a replica that never had it answers 404
+            except EngineError:  # one replica's refusal must not keep it on the others
+                log.warning("unloading %s from %s failed", name, r.url, exc_info=True)
 
     # -- requests --------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
@@ -277,15 +280,17 @@ class VLLMReplicaSet(Engine):
                     yield delta
                 return
             except EngineUnavailable as exc:
-                if started:
-                    raise
                 self._mark_down(r, exc)
+                if started:
+                    raise  # the learner has part of the reply: it fails as with one vLLM
                 r.retries += 1
                 tried.add(r.url)
             finally:
                 r.in_flight -= 1
                 if name:
                     r.using[name] -= 1
+                    if r.using[name] <= 0:
+                        del r.using[name]
                 if r.gone and r.in_flight == 0 and r.url in self.replicas:
                     await self._drop(r.url)
 
