@@ -24,11 +24,12 @@ without a move for half of its error-free turns, so this is an input the adapter
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 
 from adapters.variants import Variant
-from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams
+from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import EngineUnavailable
 
 MIN_SIMILARITY = 0.6  # token overlap below this: the "correction" is another sentence
@@ -42,6 +43,7 @@ class Grounding:
     correction: str | None  # None: nothing usable came back
     outcome: str  # changed | unchanged | rejected | no_user_turn
     note: str | None
+    tokens: int = 0  # the corrector turn's prompt + completion: the key pays for them too
 
 
 def _tokens(text: str) -> list[str]:
@@ -81,9 +83,9 @@ async def correct(
     variant: Variant,
     text: str,
     corrector: Corrector | None = None,
-) -> str:
-    """The corrector's one line: through the tutor turn's own adapter version unless the
-    catalogue names another model as the variant's corrector."""
+) -> tuple[str, int]:
+    """The corrector's one line, and the tokens it took: through the tutor turn's own adapter
+    version unless the catalogue names another model as the variant's corrector."""
     where = corrector or Corrector(request.adapter, request.upstream_model)
     ask = GenerationRequest(
         messages=variant.corrector_messages(text),
@@ -93,12 +95,22 @@ async def correct(
         headers=request.headers,
     )
     try:
-        parts = [delta.text async for delta in engine.generate(ask)]
+        return await _collect(engine.generate(ask))
     except EngineUnavailable:
         # The corrector's line is collected, never shown: one cut mid-way (a vLLM replica that
         # died) costs nothing to ask again, and the replica set sends the retry elsewhere.
-        parts = [delta.text async for delta in engine.generate(ask)]
-    return "".join(parts).strip()
+        return await _collect(engine.generate(ask))
+
+
+async def _collect(deltas: AsyncIterator[TextDelta]) -> tuple[str, int]:
+    """The turn's text, and its tokens (the engine's usage; else one per delta with text)."""
+    parts, counted, used = [], 0, None
+    async for delta in deltas:
+        parts.append(delta.text)
+        counted += bool(delta.text)
+        if delta.finish_reason is not None and delta.completion_tokens is not None:
+            used = (delta.prompt_tokens or 0) + delta.completion_tokens
+    return "".join(parts).strip(), counted if used is None else used
 
 
 async def ground(
@@ -111,13 +123,13 @@ async def ground(
     text = last_user_turn(request.messages)
     if text is None:
         return request, Grounding(None, "no_user_turn", None)
-    correction = await correct(engine, request, variant, text, corrector)
+    correction, tokens = await correct(engine, request, variant, text, corrector)
     if not plausible(text, correction):
-        return request, Grounding(correction, "rejected", None)
+        return request, Grounding(correction, "rejected", None, tokens)
     note = variant.grounding_note(text, correction)
     outcome = "unchanged" if correction == text.strip() else "changed"
     messages = list(request.messages)
     if outcome == "unchanged":  # nothing to scaffold: no move hint
         messages = variant.without_move_hint(messages)
     messages = [*messages, {"role": "system", "content": note}]
-    return replace(request, messages=messages), Grounding(correction, outcome, note)
+    return replace(request, messages=messages), Grounding(correction, outcome, note, tokens)

@@ -9,7 +9,8 @@ One interface (``Limits``), two keepers of the counts:
 
 Both meter a reply the same way (``Limits.hold``): its tokens are charged as they stream, one per
 delta, and squared with the engine's usage on the last delta, so a reply the client cancels or
-an engine that fails half-way is still charged for what was generated.
+an engine that fails half-way is still charged for what was generated. A grounded reply's
+corrector turn (server/grounding.py), finished before the first delta, is charged with it.
 
 Why the Redis keeper is written here rather than taken from the ``limits`` package is in
 docs/OPERATIONS.md ("Several gateways"): in short, its window strategies refuse (and so drop) a
@@ -175,7 +176,7 @@ class Limits(ABC):
         except BaseException:
             await deltas.aclose()
             raise
-        counted = charged = 0
+        counted = charged = side = 0  # side: a grounded reply's corrector turn, already done
         try:
             if p.tpm <= 0:  # nothing to meter: the plain loop
                 async for delta in deltas:
@@ -183,14 +184,15 @@ class Limits(ABC):
                 return
             async for delta in deltas:
                 counted = _counted(delta, counted)
-                due = counted - charged
+                side += delta.extra.get("corrector_tokens", 0)
+                due = counted + side - charged
                 if due >= self.charge_every or (delta.finish_reason is not None and due):
                     charged += await self._charge(p, due)
                 yield delta
         finally:
             try:
-                if counted != charged:
-                    await self._settle(p, counted - charged)
+                if counted + side != charged:
+                    await self._settle(p, counted + side - charged)
             finally:
                 try:
                     await self._close(p, handle)

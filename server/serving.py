@@ -359,6 +359,8 @@ class ChatService:
                                 delta.extra["adapter_load_s"] = load_s
                             if grounding is not None:
                                 delta.extra["grounding"] = grounding.outcome
+                                # the key's tokens per minute pay for this turn too (limits.py)
+                                delta.extra["corrector_tokens"] = grounding.tokens
                         if delta.finish_reason is not None:
                             timing.last = time.perf_counter()
                             m.tokens.labels(label, "prompt").inc(delta.prompt_tokens or 0)

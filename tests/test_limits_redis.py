@@ -404,3 +404,41 @@ def test_a_dead_gateways_leases_expire_while_a_live_ones_stay(redis_url):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@pytest.mark.parametrize("keeper", ["redis", "memory"])
+def test_a_grounded_reply_pays_for_its_corrector_turn(keeper, upstream, redis_url):
+    """Four of the five tutors are served grounded: a corrector turn, then the reply. Both
+    turns are the key's tokens: the corrector's usage is charged with the reply's."""
+    from server.grounding import corrector_max_tokens
+
+    key = f"tk-grounded-{keeper}"
+    keys = [*KEYS, {"name": f"grounded-{keeper}", "sha256": hash_key(key), "tpm": TPM}]
+    settings = Settings(
+        engine="openai",
+        model=MODEL,
+        upstream_url=upstream,
+        upstream_models={"tutor": MODEL},
+        api_keys=keys,
+        redis_url=redis_url if keeper == "redis" else None,
+    )
+    n = 5
+    with running_server(create_app(settings)) as gw:
+        start = time.monotonic()
+        r = httpx.post(
+            f"{gw}/v1/chat/completions",
+            json={"model": "tutor", "messages": LEARNER, "max_tokens": n},
+            headers=_auth(key),
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-tutor-grounding"] in ("changed", "unchanged", "rejected")
+        assert r.json()["usage"]["total_tokens"] == PROMPT_TOKENS + n  # the reply's own
+        probe = _chat(gw, key)
+        elapsed = time.monotonic() - start
+    # the fake upstream answers the corrector with as many tokens as it may take
+    corrector = PROMPT_TOKENS + corrector_max_tokens(LEARNER[0]["content"])
+    spent = corrector + PROMPT_TOKENS + n
+    assert f"{TPM} tokens per minute" in _error(probe, 429)["message"]
+    wait = int(probe.headers["retry-after"])
+    assert wait + TPM - 2 < spent <= wait + TPM - 1 + elapsed, (wait, spent)
