@@ -355,7 +355,14 @@ class Registry:
             once=False,
         )[0]
 
-    def add_once(
+    def add_once(self, path: Path, **fields: Any) -> tuple[AdapterVersion, bool]:
+        """As ``add`` (the same keywords), unless the variant already has a version with these
+        weights: then that version, and False. The check is inside the write transaction, so
+        gateways that start together (and each register the shipped adapters) record each
+        folder once."""
+        return self._add(path, once=True, **fields)
+
+    def _add(
         self,
         path: Path,
         *,
@@ -366,33 +373,6 @@ class Registry:
         source: dict[str, Any] | None = None,
         eval_summary: dict[str, Any] | None = None,
         base_aliases: tuple[str, ...] = (),
-    ) -> tuple[AdapterVersion, bool]:
-        """As ``add``, unless the variant already has a version with these weights: then that
-        version, and False. The check is inside the write transaction, so gateways that start
-        together (and each register the shipped adapters) record each folder once."""
-        return self._add(
-            path,
-            variant=variant,
-            base_model=base_model,
-            max_rank=max_rank,
-            parent=parent,
-            source=source,
-            eval_summary=eval_summary,
-            base_aliases=base_aliases,
-            once=True,
-        )
-
-    def _add(
-        self,
-        path: Path,
-        *,
-        variant: str,
-        base_model: str,
-        max_rank: int,
-        parent: str | None,
-        source: dict[str, Any] | None,
-        eval_summary: dict[str, Any] | None,
-        base_aliases: tuple[str, ...],
         once: bool,
     ) -> tuple[AdapterVersion, bool]:
         path = Path(path)
