@@ -117,7 +117,10 @@ class Settings(BaseSettings):
         "five variants reloaded an adapter on almost every turn (docs/PERFORMANCE.md).",
     )
     registry_poll_interval: float = Field(
-        default=1.0, description="Seconds between checks for promotions made by other processes."
+        default=0.5,
+        description="Seconds between checks for promotions made by other processes (another "
+        "gateway, the CLI): a stat of the SQLite file or a one-row query on PostgreSQL, so a "
+        "promotion reaches every gateway within a second (tests/test_cluster.py).",
     )
     admin_key: SecretStr | None = Field(
         default=None, description="Bearer key for /admin; the admin API is off without one."

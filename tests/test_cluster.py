@@ -130,7 +130,6 @@ def cluster(tmp_path_factory, tiny_path) -> Iterator[dict]:
             "TUTOR_SHIPPED_ADAPTERS": "false",
             "TUTOR_ADMIN_KEY": ADMIN_KEY,
             "TUTOR_API_KEYS": json.dumps(keys),
-            "TUTOR_REGISTRY_POLL_INTERVAL": "0.2",
             "TUTOR_MAX_RESIDENT_ADAPTERS": "4",
         }
         gateway_ports = [free_port(), free_port()]
@@ -288,7 +287,8 @@ def test_promotion_through_one_gateway_under_load_through_both(cluster):
         assert o["text"] == expected[o["version"]], o
     versions = {o["version"] for o in results}
     assert versions == {"tutor-es-l2@1", "tutor-es-l2@2"}
-    # the second gateway followed the promotion within a second (it polls PostgreSQL)
+    # the second gateway followed the promotion within a second (it polls PostgreSQL every
+    # TUTOR_REGISTRY_POLL_INTERVAL, left at its default here)
     late = [o for o in results if o["gateway"] == 1 and o["sent"] > promoted_at + 1.0]
     assert late and {o["version"] for o in late} == {"tutor-es-l2@2"}
     # after the drain, the old version is on no replica at all
