@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from server.app import create_app
 from server.model_store import make_tiny, prepare_smollm2
 from server.settings import Settings
-from tests.support import create_database, make_random_adapter, postgres_bin, start_postgres
+from tests.support import (
+    create_database,
+    make_random_adapter,
+    postgres_bin,
+    running_server,
+    start_postgres,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,6 +56,20 @@ def tiny_adapters(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "es": make_random_adapter(tiny_path, root / "tutor-es-l2@1", seed=1),
         "zh": make_random_adapter(tiny_path, root / "tutor-zh-l2@1", seed=2),
     }
+
+
+@pytest.fixture(scope="module")
+def es_gateway(tutor_home: Path, tiny_path: Path, tiny_adapters: dict[str, Path]) -> Iterator[str]:
+    """A real gateway (transformers engine, tiny model) with a trained-looking adapter for
+    tutor-es-l2 and the base for the rest; its URL. One per module that asks for it."""
+    settings = Settings(
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="transformers",
+        adapters={"tutor-es-l2": str(tiny_adapters["es"])},
+    )
+    with running_server(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -136,6 +136,24 @@ def peft_reference(
     return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def peft_replies(
+    base_path: Path, versions: list, learner: list[dict], max_tokens: int
+) -> dict[str, str]:
+    """What PEFT says each registered version answers ``learner`` under its variant's
+    persona; the versions must answer differently, or a test could not tell them apart."""
+    from adapters.variants import Catalogue
+    from server.settings import DEFAULT_CATALOGUE
+
+    catalogue = Catalogue.load(DEFAULT_CATALOGUE)
+    expected = {}
+    for version in versions:
+        system = catalogue.variants[version.variant].system_prompt()
+        messages = [{"role": "system", "content": system}, *learner]
+        expected[version.name] = peft_reference(base_path, version.path, messages, max_tokens)
+    assert len(set(expected.values())) == len(expected), expected
+    return expected
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 

@@ -25,7 +25,6 @@ import httpx
 import pytest
 
 from adapters.registry import Registry
-from adapters.variants import Catalogue
 from deploy.bench.common import (
     Group,
     logs_dir,
@@ -34,11 +33,11 @@ from deploy.bench.common import (
     vllm_command,
     wait_ready,
 )
-from server.settings import DEFAULT_CATALOGUE, REPO, Settings
+from server.settings import REPO, Settings
 from tests.support import (
     free_port,
     make_random_adapter,
-    peft_reference,
+    peft_replies,
     start_postgres,
     start_redis,
 )
@@ -101,13 +100,7 @@ def cluster(tmp_path_factory, tiny_path) -> Iterator[dict]:
             assert v.name == name
             if name.endswith("@1"):
                 registry.promote(variant, name)
-        catalogue = Catalogue.load(DEFAULT_CATALOGUE)
-        expected = {}
-        for version in registry.list():
-            system = catalogue.variants[version.variant].system_prompt()
-            messages = [{"role": "system", "content": system}, *LEARNER]
-            expected[version.name] = peft_reference(tiny_path, version.path, messages, MAX_TOKENS)
-        assert len(set(expected.values())) == len(expected), expected
+        expected = peft_replies(tiny_path, registry.list(), LEARNER, MAX_TOKENS)
 
         vllm_ports = [free_port(), free_port()]
         for port in vllm_ports:  # both start at once: start-up is mostly waiting

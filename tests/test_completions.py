@@ -7,23 +7,12 @@ import httpx
 import openai
 import pytest
 
-from server.app import create_app
-from server.settings import Settings
-from tests.support import running_server
-
 SENTENCE = "Yesterday I go to the store."
 
 
 @pytest.fixture(scope="module")
-def client(tutor_home, tiny_path, tiny_adapters):
-    settings = Settings(
-        home=tutor_home,
-        model="tiny-qwen3",
-        engine="transformers",
-        adapters={"tutor-es-l2": str(tiny_adapters["es"])},
-    )
-    with running_server(create_app(settings)) as url:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+def client(es_gateway):
+    return openai.OpenAI(base_url=f"{es_gateway}/v1", api_key="x", max_retries=0)
 
 
 def test_the_prompt_is_the_learner_turn_under_the_same_persona(client):

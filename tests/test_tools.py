@@ -51,24 +51,20 @@ def test_ignore_answers_counts_and_logs_once_per_client(tutor_home, tiny_path, c
     assert len(told) == 1 and "anonymous" in told[0].getMessage()
 
 
-def test_reject_is_a_400_naming_tools(tutor_home, tiny_path):
-    with _server(tutor_home, "reject") as url:
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("reject", "TUTOR_TOOLS=reject"),  # refused by configuration
+        ("forward", "transformers engine"),  # an engine that cannot take them
+    ],
+)
+def test_tools_the_gateway_cannot_honour_are_a_400_naming_them(tutor_home, tiny_path, mode, says):
+    with _server(tutor_home, mode) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(
                 model="tutor", messages=LEARNER, max_tokens=3, tools=TOOLS
             )
         assert err.value.body["param"] == "tools"
-        assert "TUTOR_TOOLS=reject" in err.value.body["message"]
+        assert says in err.value.body["message"]
         assert client.chat.completions.create(model="tutor", messages=LEARNER, max_tokens=3)
-
-
-def test_forward_to_an_engine_without_tools_is_a_400_naming_them(tutor_home, tiny_path):
-    with _server(tutor_home, "forward") as url:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.BadRequestError) as err:
-            client.chat.completions.create(
-                model="tutor", messages=LEARNER, max_tokens=3, tools=TOOLS
-            )
-        assert err.value.body["param"] == "tools"
-        assert "transformers engine" in err.value.body["message"]

@@ -19,10 +19,9 @@ import openai
 import pytest
 
 from adapters.registry import Registry
-from adapters.variants import Catalogue
 from server.app import create_app
-from server.settings import DEFAULT_CATALOGUE, REPO, Settings
-from tests.support import free_port, make_random_adapter, peft_reference, running_server
+from server.settings import REPO, Settings
+from tests.support import free_port, make_random_adapter, peft_replies, running_server
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 ADMIN = {"Authorization": "Bearer test-admin-key"}
@@ -57,13 +56,7 @@ def world(tmp_path_factory, tiny_path):
         parent="tutor@1",
         source={"run": "test", "step": 2},
     )
-    catalogue = Catalogue.load(DEFAULT_CATALOGUE)
-    expected = {}
-    for version in registry.list():
-        system = catalogue.variants[version.variant].system_prompt()
-        messages = [{"role": "system", "content": system}, *LEARNER]
-        expected[version.name] = peft_reference(tiny_path, version.path, messages, MAX_TOKENS)
-    assert len(set(expected.values())) == len(expected), expected
+    expected = peft_replies(tiny_path, registry.list(), LEARNER, MAX_TOKENS)
     return {"root": root, "registry": registry, "expected": expected}
 
 

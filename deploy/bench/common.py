@@ -325,6 +325,16 @@ def running(*groups: Group) -> Iterator[None]:
             g.stop()
 
 
+def scratch_registry(root: Path, model: str = "tiny-qwen3") -> tuple[Any, str]:
+    """A registry under ``root`` (its store beside it, ``root`` its adapter root) and the base
+    model's source that versions registered in it must declare."""
+    from adapters.registry import Registry
+    from server.model_store import resolve_model
+
+    registry = Registry(root / "registry.sqlite", store=root / "store", roots=[root])
+    return registry, resolve_model(model, TUTOR_HOME).source
+
+
 def metric_sum(text: str, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include ``labels``."""
     total = 0.0

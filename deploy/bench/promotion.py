@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 
 from deploy.bench.common import (
-    TUTOR_HOME,
     Result,
     chat_body,
     closed_loop,
@@ -38,6 +37,7 @@ from deploy.bench.common import (
     pct,
     run_loop,
     scratch_dir,
+    scratch_registry,
     start_gateway,
     start_vllm,
     stop_all,
@@ -53,12 +53,8 @@ VARIANT = "tutor-es-l2"
 
 def setup_registry(root: Path) -> Path:
     """Two versions of the variant, @1 live; returns the registry's database path."""
-    from adapters.registry import Registry
-    from server.model_store import resolve_model
-
-    base = resolve_model("tiny-qwen3", TUTOR_HOME).source
+    registry, base = scratch_registry(root)
     made = make_adapters(root / "runs", ["v1", "v2"])
-    registry = Registry(root / "registry.sqlite", store=root / "store", roots=[root])
     v1 = registry.add(made["v1"], variant=VARIANT, base_model=base, max_rank=16)
     registry.promote(VARIANT, v1.name)
     registry.add(made["v2"], variant=VARIANT, base_model=base, max_rank=16, parent=v1.name)

@@ -29,7 +29,6 @@ from typing import Any
 import httpx
 
 from deploy.bench.common import (
-    TUTOR_HOME,
     Result,
     chat_body,
     closed_loop,
@@ -43,6 +42,7 @@ from deploy.bench.common import (
     pct,
     run_loop,
     scratch_dir,
+    scratch_registry,
     start_gateway,
     start_vllm,
     stop_all,
@@ -58,12 +58,8 @@ PER_REPLICA = 2
 
 def setup_registry(root: Path) -> dict[str, str]:
     """One random version per variant, each live; returns variant -> version name."""
-    from adapters.registry import Registry
-    from server.model_store import resolve_model
-
-    base = resolve_model("tiny-qwen3", TUTOR_HOME).source
+    registry, base = scratch_registry(root)
     made = make_adapters(root / "runs", list(VARIANTS))
-    registry = Registry(root / "registry.sqlite", store=root / "store", roots=[root])
     live = {}
     for variant, path in made.items():
         v = registry.add(path, variant=variant, base_model=base, max_rank=16)
