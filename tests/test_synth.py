@@ -11,7 +11,15 @@ from eval.modes import classify_mode
 from eval.replies import OVER_CORRECTION_LABELS
 from train.data import ErrorRecord
 from train.gates import row_failures
-from train.synth import EN_RULES, ZH_HERITAGE_RULES, controls, derive, inject, per_reference
+from train.synth import (
+    EN_LEARNER_RULES,
+    EN_RULES,
+    ZH_HERITAGE_RULES,
+    controls,
+    derive,
+    inject,
+    per_reference,
+)
 from train.templates import HINTS, focus, tutor_reply
 
 
@@ -35,6 +43,39 @@ def test_english_rules_leave_sentences_they_do_not_fit() -> None:
     assert EN_RULES["verb_tense"]("I have visited Rome.", rng) is None  # perfect, not tense
     assert EN_RULES["plural"]("Hello there.", rng) is None
     assert EN_RULES["word_order"]("Always.", rng) is None
+
+
+@pytest.mark.parametrize(
+    ("category", "clean", "broken"),
+    [
+        ("word_form", "They take responsibility for it.", "They take responsible for it."),
+        ("missing_word", "Teachers are concerned about it.", "Teachers concerned about it."),
+        ("missing_word", "People shouldn't be robots.", "People shouldnt be robots."),
+        ("determiner", "These limits help.", "This limits help."),
+    ],
+)
+def test_each_learner_rule_makes_its_error(category: str, clean: str, broken: str) -> None:
+    assert EN_LEARNER_RULES[category](clean, random.Random(0)) == broken
+
+
+def test_a_misspelling_is_one_edit_of_one_long_word() -> None:
+    """Doubled, dropped, swapped or a vowel confused: the word stays recognisable, the rest of
+    the sentence is untouched, and the seed decides which."""
+    clean = "I met my neighbour at the station."
+    for seed in range(20):
+        broken = EN_LEARNER_RULES["spelling"](clean, random.Random(seed))
+        assert broken is not None and broken != clean
+        diff = [(a, b) for a, b in zip(clean.split(), broken.split(), strict=True) if a != b]
+        assert len(diff) == 1 and len(diff[0][0]) >= 5
+        assert abs(len(diff[0][0]) - len(diff[0][1])) <= 1
+    assert EN_LEARNER_RULES["spelling"]("I am ok.", random.Random(0)) is None
+
+
+def test_learner_errors_are_a_derivation_of_their_own() -> None:
+    rec = ErrorRecord("r1", "jfleg", "en", "l2", "x", ("These limits help us.",), group="g1")
+    out = derive([rec], "synthetic:en-learner", seed=3)
+    assert out and {r.category for r in out} <= set(EN_LEARNER_RULES)
+    assert all(r.corrections == ("These limits help us.",) and r.group == "g1" for r in out)
 
 
 @pytest.mark.parametrize(
