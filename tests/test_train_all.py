@@ -1,5 +1,5 @@
-"""`tutor train all` on the tiny model: every phase in order, Stage 2 from Stage 1's last
-version, and a second run that redoes nothing."""
+"""`tutor train all` on the tiny model: every phase in order, the corrector and Stage 2 from
+Stage 1's last version, and a second run that redoes nothing."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ RECIPE = {
     "jobs": {
         "en": {"source": "l1bank", "variant": "tutor"},
         "en-ctrl": {"source": "l1bank", "variant": "tutor", "derive": "controls"},
+        "en-corr": {"source": "l1bank", "variant": "tutor", "task": "correct"},
         "zh": {"source": "l1bank", "variant": "tutor-zh-heritage", "learner": "heritage"},
         "en-eval": {"source": "l1bank", "variant": "tutor", "split": "eval"},
     },
@@ -31,6 +32,11 @@ RECIPE = {
             "size": 8,
             "components": [{"job": "en", "ratio": 0.75}, {"job": "en-ctrl", "ratio": 0.25}],
             "eval": ["en-eval"],
+        },
+        "corrector-en": {
+            "variant": "tutor",
+            "size": 4,
+            "components": [{"job": "en-corr", "ratio": 1.0}],
         },
         "tutor-zh-heritage": {
             "variant": "tutor-zh-heritage",
@@ -72,18 +78,21 @@ def test_train_all_runs_every_phase_then_resumes_with_nothing_to_do(
         "generate",
         "build",
         "stage1",
+        "corrector:tutor-corrector",
         "stage2:tutor-zh-heritage",
     ]
     reg = Registry.from_settings(Settings(home=home, model="tiny-qwen3"))
     assert [v.name for v in reg.list("tutor")] == ["tutor@1", "tutor@2"]
     zh = reg.list("tutor-zh-heritage")
     assert zh and all(v.parent == "tutor@2" for v in zh)  # Stage 2 from Stage 1's last version
+    corr = reg.list("tutor-corrector")
+    assert corr and all(v.parent == "tutor@2" for v in corr)  # so is the corrector
 
     again = run_all(plan)
-    assert again[1].detail == "4 jobs, 0 new rows"
+    assert again[1].detail == "5 jobs, 0 new rows"
     assert all("finished earlier" in r.detail for r in again[3:])
-    assert len(reg.list()) == 2 + len(zh)  # nothing trained or registered twice
+    assert len(reg.list()) == 2 + len(zh) + len(corr)  # nothing trained or registered twice
     log = [
         json.loads(line) for line in (home / "logs" / "train-all.jsonl").read_text().splitlines()
     ]
-    assert len(log) == 10 and all(row["seconds"] >= 0 for row in log)
+    assert len(log) == 12 and all(row["seconds"] >= 0 for row in log)

@@ -170,7 +170,10 @@ def train_sft(
 def train_all(
     phase: Annotated[
         list[str] | None,
-        typer.Option(help="only these phases: split, generate, build, stage1, stage2[:variant]"),
+        typer.Option(
+            help="only these phases: split, generate, build, stage1, corrector[:variant], "
+            "stage2[:variant]"
+        ),
     ] = None,
     stage1_version: Annotated[
         str | None, typer.Option(help="Stage 2 starts from this (default: Stage 1's last)")
@@ -181,7 +184,8 @@ def train_all(
     ] = None,
     home: HomeOpt = None,
 ) -> None:
-    """Split, generate, build, Stage 1, Stage 2 for every variant: resumable, one bar a phase."""
+    """Split, generate, build, Stage 1, the English corrector, Stage 2 for every variant:
+    resumable, one bar a phase."""
     from train.pipeline import STAGE2_VARIANTS, Plan, run_all
 
     plan = Plan(

@@ -1,7 +1,8 @@
 """``tutor train all``: learner data to trained adapters in one command, resumable phase by phase.
 
-Phases: the fixed split, dialogue generation, gated mixes, Stage 1, then Stage 2 for each of the
-four variants from the chosen Stage 1 version. Every phase is idempotent or resumes (generation
+Phases: the fixed split, dialogue generation, gated mixes, Stage 1, the English corrector of the
+grounded recast from Stage 1 (when the recipe has its set), then Stage 2 for each of the four
+variants from the chosen Stage 1 version. Every phase is idempotent or resumes (generation
 skips rows already written, SFT continues from its last checkpoint, a finished run is skipped),
 so after a kill or a session's end the same command carries on where it stopped. Evaluation and
 shipping are separate steps on purpose: they need the serving stack (docs/EVAL.md), and a set is
@@ -24,6 +25,9 @@ from train.data import tutor_home
 CONFIGS = Path(__file__).resolve().parent / "configs"
 RECIPE = Path(__file__).resolve().parent / "recipes" / "tutor.yaml"
 STAGE2_VARIANTS = ("tutor-es-l2", "tutor-es-heritage", "tutor-zh-l2", "tutor-zh-heritage")
+# (variant, the recipe's set, config): a corrector trained from Stage 1 on corrector turns only,
+# which a catalogue variant names as its `corrector:` (docs/TRAINING.md)
+CORRECTORS = (("tutor-corrector", "corrector-en", CONFIGS / "corrector-en-smollm2.yaml"),)
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Plan:
     stage1_config: Path = CONFIGS / "stage1-smollm2.yaml"
     stage2_config: Path = CONFIGS / "stage2-smollm2.yaml"
     variants: tuple[str, ...] = STAGE2_VARIANTS
+    correctors: tuple[tuple[str, str, Path], ...] = CORRECTORS
     stage1_version: str | None = None  # default: the Stage 1 run's last checkpoint
     home: Path | None = None
     overrides: list[str] = field(default_factory=list)  # applied to every SFT run
@@ -125,11 +130,31 @@ def phases(plan: Plan) -> list[tuple[str, Callable[[], str]]]:
 
         return run
 
+    def corrector(variant: str, set_name: str, config: Path) -> Callable[[], str]:
+        def run() -> str:
+            return _sft(
+                config,
+                [
+                    f"data.train=mix:{recipe.name}/{set_name}",
+                    f"run.variant={variant}",
+                    f"lora.init_adapter={_stage1_version(plan)}",
+                    *plan.overrides,
+                    *_home(plan),
+                ],
+            )
+
+        return run
+
     return [
         ("split", split),
         ("generate", generate),
         ("build", build),
         ("stage1", stage1),
+        *[
+            (f"corrector:{v}", corrector(v, s, c))
+            for v, s, c in plan.correctors
+            if s in recipe.sets
+        ],
         *[(f"stage2:{v}", stage2(v)) for v in plan.variants],
     ]
 
