@@ -12,6 +12,7 @@ import yaml
 SCAFFOLDING = ("recast", "elicitation", "expansion", "metalinguistic")
 LEVELS = ("beginner", "intermediate", "advanced")
 GROUNDING_KEYS = ("corrector", "meant", "correct")
+ROLES = ("tutor", "corrector")
 
 
 class CatalogueError(ValueError):
@@ -33,6 +34,8 @@ class Variant:
     grounding: Mapping[str, str] = field(default_factory=dict)  # corrector / meant / correct
     grounded: bool = False  # serve with a grounded recast by default (a request may override)
     corrector: str | None = None  # who writes the correction: a model id; None: this variant
+    spelling: str | None = None  # a spelling pass before the corrector turn (server/spelling.py)
+    role: str = "tutor"  # tutor | corrector: a model other variants name as their `corrector:`
     name: str = ""  # what a chat client shows (/v1/models); the id when the catalogue has none
 
     def corrector_messages(self, utterance: str) -> list[dict[str, str]]:
@@ -114,6 +117,9 @@ class Catalogue:
                 raise CatalogueError(f"language {lang!r} of {vid} lacks grounding {lacking}")
             if not spec.get("persona"):
                 raise CatalogueError(f"variant {vid} has no persona")
+            role = spec.get("role", "tutor")
+            if role not in ROLES:
+                raise CatalogueError(f"variant {vid}: role {role!r} is not one of {ROLES}")
             adapter = overrides.get(vid)
             shipped = spec.get("adapter")
             variants[vid] = Variant(
@@ -130,6 +136,8 @@ class Catalogue:
                 grounding=grounding,
                 grounded=bool(spec.get("grounded", False)),
                 corrector=spec.get("corrector"),
+                spelling=hints.get("spelling"),
+                role=role,
                 name=spec.get("name") or vid,
             )
         return cls(variants)

@@ -38,6 +38,7 @@ class ModelInfo:
     parent: str | None = None
     grounded: bool | None = None  # ~grounded / ~plain: the request's `grounded`, else unset
     corrector: str | None = None  # the version a catalogue-named corrector resolves to
+    spelling: str | None = None  # the word list of the spelling pass before the corrector turn
 
     @property
     def key(self) -> str:
@@ -48,6 +49,8 @@ class ModelInfo:
         way = {None: "", True: "|grounded:2", False: "|plain"}[self.grounded]
         if self.corrector and self.grounded is not False:  # another model writes the note
             way += f"|corrector={self.corrector}"
+        if self.spelling and self.grounded is not False:
+            way += f"|spelling={self.spelling}"
         return f"{self.persona or '-'}|{self.adapter}|{self.root}{way}"
 
     @property
@@ -90,16 +93,28 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
     """From a /v1/models card: the gateway's metadata, or the plain id for other servers."""
     meta = card.get("metadata") or {}
     root = str(card.get("root") or card.get("parent") or requested)  # the gateway: the base id
-    corrector = meta.get("corrector")
+    corrector, spelling = meta.get("corrector"), meta.get("spelling")
     if "variant" in meta:  # a registered version, served under its variant's persona
         return ModelInfo(
-            requested, requested, meta["variant"], root, card.get("parent"), corrector=corrector
+            requested,
+            requested,
+            meta["variant"],
+            root,
+            card.get("parent"),
+            corrector=corrector,
+            spelling=spelling,
         )
     if "adapter" in meta:  # a variant: an alias for the version it points to now
         # (``<variant>@base`` names its variant in ``persona``: the same key as the alias on base)
         persona = str(meta.get("persona") or requested)
         return ModelInfo(
-            requested, str(meta["adapter"]), persona, root, card.get("parent"), corrector=corrector
+            requested,
+            str(meta["adapter"]),
+            persona,
+            root,
+            card.get("parent"),
+            corrector=corrector,
+            spelling=spelling,
         )
     if card.get("parent") is None and card.get("root"):
         # The gateway's bare base model (its root is the weights' folder: key it by its id, as

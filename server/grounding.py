@@ -10,6 +10,10 @@ promotion swaps both at once; a variant's `corrector:` in the catalogue names an
 alias or a version) to correct with instead, held loaded for the corrector turn. The note is
 never shown to the learner and never comes back in the history.
 
+Where the language has a word list (the catalogue's `spelling:`), the corrector is given the
+sentence after a spelling pass (server/spelling.py): the 135M corrector misses most misspellings.
+The outcome is still judged against what the learner wrote.
+
 A correction that rewrites too much of the sentence is not trusted: the tutor then answers
 without a note, as the ungrounded variant would.
 
@@ -23,6 +27,7 @@ without a move for half of its error-free turns, so this is an input the adapter
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -31,6 +36,7 @@ from difflib import SequenceMatcher
 from adapters.variants import Variant
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import EngineUnavailable
+from server.spelling import fix_spelling
 
 MIN_SIMILARITY = 0.6  # token overlap below this: the "correction" is another sentence
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -123,7 +129,10 @@ async def ground(
     text = last_user_turn(request.messages)
     if text is None:
         return request, Grounding(None, "no_user_turn", None)
-    correction, tokens = await correct(engine, request, variant, text, corrector)
+    seen = text
+    if variant.spelling:  # a word list lookup can take a few hundred ms: off the event loop
+        seen = await asyncio.to_thread(fix_spelling, text, variant.spelling)
+    correction, tokens = await correct(engine, request, variant, seen, corrector)
     if not plausible(text, correction):
         return request, Grounding(correction, "rejected", None, tokens)
     note = variant.grounding_note(text, correction)

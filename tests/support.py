@@ -115,6 +115,14 @@ def make_random_adapter(base_path: Path, out: Path, *, seed: int, rank: int = 8,
     return out
 
 
+def spelt(variant, learner: str) -> str:
+    """The sentence the gateway's corrector turn is asked about (server/grounding.py): after the
+    spelling pass where the variant's language has one."""
+    from server.spelling import fix_spelling
+
+    return fix_spelling(learner, variant.spelling) if variant.spelling else learner
+
+
 def peft_reference(
     base_path: Path, adapter: Path | None, messages: list[dict], max_tokens: int
 ) -> str:

@@ -16,7 +16,7 @@ from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingP
 from server.errors import EngineUnavailable
 from server.grounding import corrector_max_tokens, ground, plausible
 from server.settings import DEFAULT_CATALOGUE, Settings
-from tests.support import peft_reference, running_server
+from tests.support import peft_reference, running_server, spelt
 
 CATALOGUE = Catalogue.load(DEFAULT_CATALOGUE)
 LEARNER = "Yesterday I go to the store."
@@ -98,6 +98,24 @@ def test_ground_puts_the_note_after_the_last_learner_turn(correction, outcome, n
         assert grounded.params == request.params and grounded.adapter == adapter
 
 
+def test_the_corrector_sees_the_sentence_after_the_spelling_pass() -> None:
+    """English has a word list (the catalogue's `spelling: en`): the corrector is asked about
+    the spelt sentence, and a corrector that only repeats it still changed what the learner
+    wrote. Spanish has none: its corrector gets the learner's words as they are."""
+    tutor, spanish = CATALOGUE.variants["tutor"], CATALOGUE.variants["tutor-es-l2"]
+    assert tutor.spelling == "en" and spanish.spelling is None
+    learner, fixed = "therefore I brougth a car.", "therefore I brought a car."
+    engine = ScriptedCorrectorEngine(fixed)
+    request = GenerationRequest([{"role": "user", "content": learner}], SamplingParams(50))
+    grounded, what = asyncio.run(ground(engine, request, tutor))
+    assert engine.requests[0].messages == tutor.corrector_messages(fixed)
+    assert what.outcome == "changed" and fixed in grounded.messages[-1]["content"]
+    engine = ScriptedCorrectorEngine("Ayer fui.")
+    request = GenerationRequest([{"role": "user", "content": "Ayer yo va."}], SamplingParams(50))
+    asyncio.run(ground(engine, request, spanish))
+    assert engine.requests[0].messages == spanish.corrector_messages("Ayer yo va.")
+
+
 class DroppingEngine(ScriptedCorrectorEngine):
     """Fake: cuts its first ``cuts`` answers after one delta, as a vLLM replica killed mid-turn
     does (the real kill is in tests/test_cluster.py)."""
@@ -156,6 +174,7 @@ def grounded_server(tutor_home, tiny_path, tiny_adapters, tmp_path_factory):
     `tutor-es-heritage` is grounded by default with `tutor-zh-l2`'s adapter as its corrector."""
     raw = yaml.safe_load(DEFAULT_CATALOGUE.read_text(encoding="utf-8"))
     raw["variants"]["tutor"]["grounded"] = False  # whatever the shipped default is
+    raw["variants"]["tutor"].pop("corrector", None)  # and whoever corrects for it there
     raw["variants"]["tutor-es-heritage"].update(grounded=True, corrector="tutor-zh-l2")
     folder = tmp_path_factory.mktemp("catalogue")
     (folder / "catalogue.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
@@ -180,7 +199,7 @@ def peft_grounded(tiny_path, variant_id: str, tutor_adapter, corrector_adapter, 
     line = peft_reference(
         tiny_path,
         corrector_adapter,
-        variant.corrector_messages(learner),
+        variant.corrector_messages(spelt(variant, learner)),
         corrector_max_tokens(learner),
     )
     correction = line.split("\n", 1)[0].strip()
@@ -285,6 +304,12 @@ def test_a_named_corrector_is_on_the_card_and_in_the_eval_cache_key(grounded_ser
     heritage, zh, own = cards["tutor-es-heritage"], cards["tutor-zh-l2"], cards["tutor"]
     assert heritage["metadata"]["corrector"] == zh["metadata"]["adapter"]
     assert own["metadata"].get("corrector") is None  # corrects with its own adapter
+    assert own["metadata"]["spelling"] == "en" and heritage["metadata"]["spelling"] is None
+    with_pass = resolve_model(own, "tutor")
+    assert (
+        with_pass.key
+        != resolve_model({**own, "metadata": {**own["metadata"], "spelling": None}}, "tutor").key
+    )  # the spelling pass changes what the corrector sees: another cache key
     with_other = resolve_model(heritage, "tutor-es-heritage")
     assert with_other.corrector == zh["metadata"]["adapter"]
     same_weights = resolve_model(

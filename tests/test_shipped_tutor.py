@@ -23,7 +23,7 @@ from eval.metrics import detect_language
 from server.app import create_app
 from server.grounding import corrector_max_tokens, plausible
 from server.settings import DEFAULT_CATALOGUE, REPO, Settings
-from tests.support import free_port, peft_reference, running_server
+from tests.support import free_port, peft_reference, running_server, spelt
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 CATALOGUE = Catalogue.load(DEFAULT_CATALOGUE)
@@ -91,7 +91,7 @@ def expected_reply(smollm2_path, variant_id: str, learner: str) -> tuple[str, st
         line = peft_reference(
             smollm2_path,
             corrector.shipped,
-            variant.corrector_messages(learner),
+            variant.corrector_messages(spelt(variant, learner)),
             corrector_max_tokens(learner),
         )
         correction = line.split("\n", 1)[0].strip()

@@ -42,12 +42,14 @@ def api_base(url: str) -> str:
 
 
 def variant_table(models: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """language -> learner -> model id, from ``/v1/models`` cards (variants carry metadata)."""
+    """language -> learner -> model id, from ``/v1/models`` cards (variants carry metadata).
+    Tutors only: a corrector (``role: corrector``, e.g. ``tutor-corrector``) shares its
+    language and learner with a tutor but only returns the corrected sentence."""
     table: dict[str, dict[str, str]] = {}
     for card in models:
         meta = card.get("metadata") or {}
         language, learner = meta.get("language"), meta.get("learner")
-        if language and learner:
+        if language and learner and meta.get("role", "tutor") == "tutor":
             table.setdefault(language, {})[learner] = card["id"]
     return table
 

@@ -27,10 +27,12 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
         meta = {
             "language": v.language,
             "learner": v.learner,
+            "role": v.role,  # tutor, or a corrector other variants ground their replies with
             "description": v.description,
             "adapter": target.adapter_label,
             "grounded": v.grounded,  # the default; a request's `grounded` overrides it
             "corrector": correctors.get(v.id),
+            "spelling": v.spelling,  # the spelling pass before the corrector turn, if any
         }
         cards.append(
             ModelCard(
@@ -38,6 +40,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
             )
         )
     if service.adapters is not None:
+        spelling = {v.id: v.spelling for v in service.catalogue.variants.values()}
         versions = await asyncio.to_thread(service.registry.list)
         resident = set(service.adapters.resident())
         for ver in versions:
@@ -48,6 +51,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
                 "source": ver.source,
                 "resident": ver.name in resident,
                 "corrector": correctors.get(ver.variant),
+                "spelling": spelling.get(ver.variant),
             }
             cards.append(
                 ModelCard(
