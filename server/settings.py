@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     max_resident_adapters: int = Field(
         default=8,
         description="Adapter versions kept loaded in the engine (LRU beyond this). At least the "
-        "shipped variants (five) plus room for a promotion: with 4, learners switching among the "
-        "five variants reloaded an adapter on almost every turn (docs/PERFORMANCE.md).",
+        "shipped adapters (five tutors and the English corrector) plus room for a promotion: "
+        "with 4, learners switching among the five tutors reloaded an adapter on almost every "
+        "turn (docs/PERFORMANCE.md).",
     )
     registry_poll_interval: float = Field(
         default=0.5,

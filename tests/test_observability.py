@@ -19,7 +19,14 @@ from tests.support import free_port, running_server, serve_process
 
 CHAT, ADMIN, ES_ONLY = "tk-obs-chat", "tk-obs-admin", "tk-obs-es"
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
-VARIANTS = {"tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2"}
+VARIANTS = {
+    "tutor",
+    "tutor-es-heritage",
+    "tutor-es-l2",
+    "tutor-zh-heritage",
+    "tutor-zh-l2",
+    "tutor-corrector",
+}
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -167,7 +174,7 @@ def test_a_key_allow_list_narrows_the_models(gateway):
     assert reply.choices[0].message.content is not None
 
 
-def test_public_models_variants_shows_learners_the_five_tutors_only(
+def test_public_models_variants_shows_learners_the_catalogue_only(
     tutor_home, tiny_path, tiny_adapters
 ):
     settings = Settings(

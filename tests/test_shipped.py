@@ -269,7 +269,8 @@ def test_ship_takes_lineage_from_the_run_when_the_registry_has_none(
 def test_every_shipped_variant_stays_resident_by_default(tmp_path) -> None:
     """Learners switch variant from turn to turn; with fewer resident slots than shipped
     adapters the LRU reloads one on almost every turn (the capacity run found 16 loads in 12
-    turns with 4 slots for 5 variants). The default keeps all of them and room for a promotion."""
+    turns with 4 slots for 5 variants). The default keeps all of them (five tutors and the English
+    corrector) and room for a promotion."""
     shipped = [v for v in Catalogue.load(DEFAULT_CATALOGUE).variants.values() if v.shipped]
-    assert len(shipped) == 5
+    assert len(shipped) == 6
     assert Settings(home=tmp_path).max_resident_adapters >= len(shipped) + 1

@@ -40,6 +40,7 @@ TYPICAL = {
     "tutor-es-heritage": "Nosotros trujimos mucha comida para la fiesta.",  # trajimos
     "tutor-zh-l2": "我很喜欢吃饺子，但是我不会做饺子了。",
     "tutor-zh-heritage": "我妈妈做饭做的很好吃，我每天吃两个碗饭。",  # 得, 两碗饭
+    "tutor-corrector": "therefore I brougth a car imediately.",  # brought, immediately
 }
 MAX_TOKENS = 40
 BASE = "smollm2-135m-instruct"
