@@ -33,6 +33,9 @@ ASK: tuple[tuple[str, str], ...] = (
     ("tutor-zh-l2", "我昨天去商店买了三个苹果，但是他们很贵了。"),
     ("tutor-zh-l2", "我很喜欢吃饺子，但是我不会做饺子了。"),
     ("tutor-zh-l2", "我周末常常和朋友一起去公园散步。"),
+    # the English tutor's corrector, asked on its own: the corrected sentence only
+    ("tutor-corrector", "She don't like swimming because the water are cold."),
+    ("tutor-corrector", "therefore I brougth a car imediately."),
 )
 
 
