@@ -99,6 +99,7 @@ async def correct(
         adapter=where.adapter,
         upstream_model=where.upstream_model,
         headers=request.headers,
+        stream=False,  # collected, never shown: one body, not a stream of events
     )
     try:
         return await _collect(engine.generate(ask))

@@ -247,6 +247,7 @@ class ChatService:
             params=params,
             adapter=target.adapter,
             upstream_model=target.upstream_model,
+            stream=bool(req.stream),
         )
 
     @staticmethod

@@ -15,6 +15,7 @@ from server.timing import PHASES
 from tests.support import running_server
 
 VARIANTS = {"tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2"}
+CORRECTORS = {"tutor-corrector"}  # a model too: the English tutor's corrector
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
 
 
@@ -42,7 +43,9 @@ def error_of(response: httpx.Response) -> dict:
 
 def test_list_and_get_models(client):
     models = {m.id: m for m in client.models.list().data}
-    assert VARIANTS | {"tiny-qwen3"} == set(models)
+    assert VARIANTS | CORRECTORS | {"tiny-qwen3"} == set(models)
+    roles = {vid: models[vid].model_extra["metadata"]["role"] for vid in VARIANTS | CORRECTORS}
+    assert roles == {vid: "corrector" if vid in CORRECTORS else "tutor" for vid in roles}
     for vid in VARIANTS:
         assert models[vid].object == "model"
         assert models[vid].owned_by == "tutor"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
@@ -101,6 +102,79 @@ def test_keep_alive_connections_are_reused_against_the_fake_upstream():
                 await engine.aclose()
 
         asyncio.run(main())
+
+
+def test_a_collected_request_asks_for_one_body_and_yields_what_the_stream_would():
+    """``stream=False`` (a non-stream client, a corrector turn): the upstream is asked for one
+    JSON body, over the same pool, and its text, logprobs, tool calls (indexed as streamed ones
+    are), finish reason and usage come back as the deltas a stream of it would have given; the
+    fake upstream's body and stream of the same reply collect to the same text and usage."""
+    logprobs = [{"token": "Oh", "logprob": -0.1, "top_logprobs": []}]
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    reply = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Oh, you", "tool_calls": [call]},
+                "logprobs": {"content": logprobs},
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+    }
+    payload = json.dumps(reply).encode()
+    asked = []
+
+    async def handler(reader, writer, n: int) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        asked.append(json.loads(await reader.readexactly(length)))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+        await writer.drain()
+        await reader.read(1)
+
+    async def client(url: str) -> None:
+        engine = OpenAIEngine(url, default_model="m")
+        try:
+            deltas = [d async for d in engine.generate(replace(REQUEST, stream=False))]
+        finally:
+            await engine.aclose()
+        assert asked[0]["stream"] is False and "stream_options" not in asked[0]
+        first, last = deltas
+        assert (first.text, first.logprobs) == ("Oh, you", logprobs)
+        assert first.tool_calls == [{**call, "index": 0}]
+        assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == (
+            "tool_calls",
+            5,
+            3,
+        )
+
+    asyncio.run(_with_upstream(handler, client))
+
+    with running_server(build_app(model="fake-model", tokens=8)) as url:
+
+        async def both() -> None:
+            engine = OpenAIEngine(f"{url}/v1", default_model="fake-model")
+            try:
+                streamed = await _collect(engine)
+                body = [d async for d in engine.generate(replace(REQUEST, stream=False))]
+            finally:
+                await engine.aclose()
+            assert len(body) == 2 < len(streamed)
+            assert "".join(d.text for d in body) == "".join(d.text for d in streamed)
+            assert (body[-1].finish_reason, body[-1].completion_tokens) == (
+                streamed[-1].finish_reason,
+                streamed[-1].completion_tokens,
+            )
+
+        asyncio.run(both())
 
 
 def test_a_connection_dropped_while_idle_is_retried_once_on_a_fresh_one():

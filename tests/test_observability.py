@@ -251,6 +251,8 @@ def test_the_request_id_reaches_the_upstream(tutor_home, tiny_path, caplog):
                 seen = _lines_of(caplog, rid, 2)
                 assert len(seen) == 2, seen  # the front's line and the upstream's
                 assert {f["route"] for f in seen} == {"/v1/chat/completions"}
+                # a non-stream reply is collected from one upstream body, a stream from a stream
+                assert [f["stream"] for f in seen] == [stream, stream], seen
 
 
 def test_json_logs_one_object_per_line(tutor_home, tiny_path, tmp_path):

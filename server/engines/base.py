@@ -68,6 +68,10 @@ class GenerationRequest:
     upstream_model: str | None = None  # only engines that forward to another server use it
     # what an engine that calls another server sends along: X-Request-Id, traceparent
     headers: Mapping[str, str] = field(default_factory=dict)
+    # False: the caller collects the whole reply before it uses any of it (a non-stream client, a
+    # corrector turn), so an engine that calls another server may ask it for one JSON body
+    # instead of a stream of events; the deltas it yields are the same either way
+    stream: bool = True
 
 
 @dataclass

@@ -156,6 +156,7 @@ def _with_model(request: GenerationRequest, model: str) -> GenerationRequest:
         params=request.params,
         adapter=request.adapter,
         upstream_model=model,
+        stream=request.stream,
     )
 
 
