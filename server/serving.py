@@ -386,14 +386,27 @@ class ChatService:
         for phase, seconds in timing.phases().items():
             self.metrics.ttft_phase.labels(label, phase).observe(seconds)
 
+    async def corrector_of(self, variant: Variant) -> Target | None:
+        """The model the catalogue names to correct for ``variant``, resolved now (it follows its
+        own alias); None: the variant's own adapter corrects. Also None when the named corrector
+        has no trained weights here (a deployment without the shipped corrector, or another base
+        model, which skips it): the bare base would only invent corrections, and the tutor's own
+        adapter was trained on corrector turns too."""
+        if variant.corrector is None:
+            return None
+        who = await self.resolve(variant.corrector)
+        if who.adapter is None and who.upstream_model is None:
+            return None
+        return who
+
     async def _ground(
         self, variant: Variant, request: GenerationRequest
     ) -> tuple[GenerationRequest, Grounding]:
         """The corrector turn, then the tutor request with its hidden note. A catalogue-named
         corrector is resolved now (it follows its own alias) and held loaded while it runs."""
-        if variant.corrector is None:
+        who = await self.corrector_of(variant)
+        if who is None:
             return await ground(self.engine, request, variant)
-        who = await self.resolve(variant.corrector)
         async with self._holding(who.adapter):
             return await ground(
                 self.engine, request, variant, Corrector(who.adapter, who.upstream_model)

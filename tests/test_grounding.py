@@ -170,11 +170,14 @@ def test_a_sentence_the_corrector_leaves_gets_no_move_hint(correction, hint_kept
 
 @pytest.fixture(scope="module")
 def grounded_server(tutor_home, tiny_path, tiny_adapters, tmp_path_factory):
-    """`tutor` (es adapter) grounded on request only, correcting itself; a catalogue copy where
-    `tutor-es-heritage` is grounded by default with `tutor-zh-l2`'s adapter as its corrector."""
+    """`tutor` (es adapter) grounded on request only, correcting itself (its catalogue corrector
+    has no weights here); a catalogue copy where `tutor-es-heritage` is grounded by default with
+    `tutor-zh-l2`'s adapter as its corrector."""
     raw = yaml.safe_load(DEFAULT_CATALOGUE.read_text(encoding="utf-8"))
     raw["variants"]["tutor"]["grounded"] = False  # whatever the shipped default is
-    raw["variants"]["tutor"].pop("corrector", None)  # and whoever corrects for it there
+    # `tutor` names `tutor-corrector`, which has no weights on this base (the shipped folder is
+    # SmolLM2's): the bare base is no corrector, so the tutor's own adapter corrects
+    assert raw["variants"]["tutor"]["corrector"] == "tutor-corrector"
     raw["variants"]["tutor-es-heritage"].update(grounded=True, corrector="tutor-zh-l2")
     folder = tmp_path_factory.mktemp("catalogue")
     (folder / "catalogue.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
@@ -303,7 +306,9 @@ def test_a_named_corrector_is_on_the_card_and_in_the_eval_cache_key(grounded_ser
     cards = {c.id: c.model_dump() for c in client.models.list().data}
     heritage, zh, own = cards["tutor-es-heritage"], cards["tutor-zh-l2"], cards["tutor"]
     assert heritage["metadata"]["corrector"] == zh["metadata"]["adapter"]
-    assert own["metadata"].get("corrector") is None  # corrects with its own adapter
+    # corrects with its own adapter: the named `tutor-corrector` has only the bare base here
+    assert own["metadata"].get("corrector") is None
+    assert cards["tutor-corrector"]["metadata"]["adapter"] == "base"
     assert own["metadata"]["spelling"] == "en" and heritage["metadata"]["spelling"] is None
     with_pass = resolve_model(own, "tutor")
     assert (

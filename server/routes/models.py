@@ -20,8 +20,8 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
     cards = [ModelCard(id=base, created=service.created, name=base, root=base)]
     correctors = {}  # a grounded turn's corrector, where the catalogue names another model
     for v in service.catalogue.variants.values():
-        if v.corrector is not None:
-            correctors[v.id] = (await service.resolve(v.corrector)).adapter_label
+        if (who := await service.corrector_of(v)) is not None:
+            correctors[v.id] = who.adapter_label
     for v in service.catalogue.variants.values():
         target = await service.resolve(v.id)
         meta = {
