@@ -204,9 +204,9 @@ EN_RULES: dict[str, Callable[[str, random.Random], str | None]] = {
 }
 
 # Errors JFLEG's learners make that the six rules above never write: misspellings, a word in
-# the wrong form, a dropped "be" or apostrophe, "this" before a plural. A corrector trained only
-# on the six systematic edits fixed the gold's first edit in 45 of 129 unseen JFLEG sentences
-# (docs/TRAINING.md); its misses are mostly these.
+# the wrong form, a dropped "be" or apostrophe, "this" before a plural. The Stage 1 corrector,
+# trained on JFLEG's references and the six systematic edits, made the gold's first edit in 45 of
+# 129 unseen JFLEG sentences (docs/TRAINING.md); many of its misses are of these kinds.
 WORD_FORMS = {
     "responsibility": "responsible", "possibility": "possible", "ability": "able",
     "importance": "important", "difference": "different", "independence": "independent",
