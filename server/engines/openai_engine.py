@@ -219,12 +219,18 @@ class _SSEDecoder:
         return out
 
     def final(self) -> TextDelta:
-        usage = self.usage or {}
-        return TextDelta(
-            finish_reason=self.finish if self.finish in ("length", "tool_calls") else "stop",
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-        )
+        return _final_delta(self.finish, self.usage)
+
+
+def _final_delta(finish: str | None, usage: dict[str, Any] | None) -> TextDelta:
+    """The last delta of a reply, streamed or in one body: OpenAI's finish reason (anything but
+    ``length`` and ``tool_calls`` reads as ``stop``) and the usage."""
+    usage = usage or {}
+    return TextDelta(
+        finish_reason=finish if finish in ("length", "tool_calls") else "stop",
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+    )
 
 
 def _body_deltas(body: bytes) -> list[TextDelta]:
@@ -249,15 +255,7 @@ def _body_deltas(body: bytes) -> list[TextDelta]:
         if (text or logprobs or calls)
         else []
     )
-    usage = reply.get("usage") or {}
-    finish = choice.get("finish_reason")
-    out.append(
-        TextDelta(
-            finish_reason=finish if finish in ("length", "tool_calls") else "stop",
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-        )
-    )
+    out.append(_final_delta(choice.get("finish_reason"), reply.get("usage")))
     return out
 
 
