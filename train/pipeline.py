@@ -113,30 +113,16 @@ def phases(plan: Plan) -> list[tuple[str, Callable[[], str]]]:
             [f"data.train=mix:{recipe.name}/stage1", *plan.overrides, *_home(plan)],
         )
 
-    def stage2(variant: str) -> Callable[[], str]:
-        def run() -> str:
-            short = variant.removeprefix("tutor-")
-            return _sft(
-                plan.stage2_config,
-                [
-                    f"data.train=mix:{recipe.name}/{variant}",
-                    f"run.variant={variant}",
-                    f"run.name=stage2-{short}-smollm2-v3",
-                    f"lora.init_adapter={_stage1_version(plan)}",
-                    *plan.overrides,
-                    *_home(plan),
-                ],
-            )
+    def from_stage1(config: Path, set_name: str, variant: str, *more: str) -> Callable[[], str]:
+        """An SFT run on one of the recipe's sets that starts from Stage 1's chosen version."""
 
-        return run
-
-    def corrector(variant: str, set_name: str, config: Path) -> Callable[[], str]:
         def run() -> str:
             return _sft(
                 config,
                 [
                     f"data.train=mix:{recipe.name}/{set_name}",
                     f"run.variant={variant}",
+                    *more,
                     f"lora.init_adapter={_stage1_version(plan)}",
                     *plan.overrides,
                     *_home(plan),
@@ -144,6 +130,12 @@ def phases(plan: Plan) -> list[tuple[str, Callable[[], str]]]:
             )
 
         return run
+
+    def stage2(variant: str) -> Callable[[], str]:
+        short = variant.removeprefix("tutor-")
+        return from_stage1(
+            plan.stage2_config, variant, variant, f"run.name=stage2-{short}-smollm2-v3"
+        )
 
     return [
         ("split", split),
@@ -151,7 +143,7 @@ def phases(plan: Plan) -> list[tuple[str, Callable[[], str]]]:
         ("build", build),
         ("stage1", stage1),
         *[
-            (f"corrector:{v}", corrector(v, s, c))
+            (f"corrector:{v}", from_stage1(c, s, v))
             for v, s, c in plan.correctors
             if s in recipe.sets
         ],
