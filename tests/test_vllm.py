@@ -20,6 +20,8 @@ import pytest
 
 from adapters.registry import Registry
 from server.app import create_app
+from server.engines.transformers_engine import TransformersEngine
+from server.engines.vllm_engine import VLLMEngine
 from server.settings import REPO, Settings
 from tests.support import free_port, make_random_adapter, peft_replies, running_server
 
@@ -557,3 +559,35 @@ def test_vllm_names_its_request_after_the_forwarded_id(gateway):
     headers = {"Authorization": f"Bearer {VLLM_KEY}", "X-Request-Id": "turn-42"}
     r = httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60)
     assert r.status_code == 200 and r.json()["id"] == "chatcmpl-turn-42"
+
+
+def test_vllm_ranks_next_tokens_as_the_transformers_engine_does(gateway, tiny_path):
+    """The spelling pass's model call (``Engine.next_tokens``) over vLLM's completion logprobs
+    ranks the same tokens with the same log-probabilities as the transformers engine (float32
+    both), so a spelling is picked alike on either; vLLM keeps serving after it (prompt
+    logprobs, which would crash it, are never asked)."""
+    prompts = ["\nIn today's world", "\nIn today's world we", "\nIn today's world the"]
+
+    async def both() -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+        vllm = VLLMEngine(
+            f"http://127.0.0.1:{gateway['settings'].vllm_port}/v1",
+            served_model="tiny-qwen3",
+            api_key=VLLM_KEY,
+        )
+        reference = TransformersEngine(str(tiny_path))
+        await reference.start()
+        try:
+            return await vllm.next_tokens(prompts, 20), await reference.next_tokens(prompts, 20)
+        finally:
+            await vllm.aclose()
+            await reference.aclose()
+
+    got, want = asyncio.run(both())
+    assert len(got) == len(want) == len(prompts)
+    for g, w in zip(got, want, strict=True):
+        shared = g.keys() & w.keys()
+        assert len(shared) >= 15, (g, w)  # a random model's tail is near-flat: ties may swap
+        assert max(g, key=g.get) == max(w, key=w.get)
+        for token in shared:
+            assert g[token] == pytest.approx(w[token], abs=1e-3), token
+    assert _chat(gateway["url"], "tutor")[0]  # still serving

@@ -113,6 +113,9 @@ class Engine(ABC):
     # True when the engine decides where versions live and evicts them itself (several
     # replicas, each with its own LRU); the adapter manager then only loads and retires.
     places_adapters: bool = False
+    # True when ``next_tokens`` works: the English spelling pass lets the base model choose
+    # among a misspelt word's spellings in context with it (server/spelling.py)
+    ranks_next_tokens: bool = False
 
     async def start(self) -> None:
         """Load models or connect; called once by the app's lifespan."""
@@ -123,6 +126,11 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
         """Stream deltas; the last one carries ``finish_reason`` (stop, length, tool_calls)."""
+
+    async def next_tokens(self, prompts: list[str], top: int) -> list[dict[str, float]]:
+        """For each raw-text prompt, the base model's ``top`` likeliest next tokens (their text)
+        and their log-probabilities. Only where ``ranks_next_tokens``."""
+        raise NotImplementedError(f"the {self.name} engine cannot rank next tokens")
 
     async def load_adapter(self, adapter: AdapterRef) -> bool:
         """Make ``adapter`` available; True if it had to be loaded, False if it already was.

@@ -256,6 +256,23 @@ class VLLMReplicaSet(Engine):
                 log.warning("unloading %s from %s failed", name, r.url, exc_info=True)
 
     # -- requests --------------------------------------------------------------------------
+    ranks_next_tokens = True
+
+    async def next_tokens(self, prompts: list[str], top: int) -> list[dict[str, float]]:
+        """On the least busy replica (the base model is on all); another if it is down."""
+        tried: set[str] = set()
+        while up := self._up(tried):
+            r = min(up, key=lambda x: x.in_flight)
+            r.in_flight += 1
+            try:
+                return await r.engine.next_tokens(prompts, top)
+            except EngineUnavailable as exc:
+                self._mark_down(r, exc)
+                tried.add(r.url)
+            finally:
+                r.in_flight -= 1
+        raise EngineUnavailable("no vLLM replica is up", retry_after=5)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
         name = request.adapter.name if request.adapter else None
         tried: set[str] = set()

@@ -36,6 +36,7 @@ class TransformersEngine(Engine):
     optional_params = frozenset(
         {"user", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs"}
     )
+    ranks_next_tokens = True
 
     def __init__(self, model_source: str, *, dtype: str = "float32", max_lora_rank: int = 64):
         self.model_source = model_source
@@ -118,6 +119,31 @@ class TransformersEngine(Engine):
             self._model.delete_adapter(name)
         else:
             self._model = self._model.unload()  # back to the plain base model
+
+    # -- next tokens (the spelling pass) ---------------------------------------------------
+    async def next_tokens(self, prompts: list[str], top: int) -> list[dict[str, float]]:
+        if self._model is None:
+            raise EngineUnavailable("the transformers engine is not started")
+        return await self._run(self._next_tokens_sync, prompts, top)
+
+    def _next_tokens_sync(self, prompts: list[str], top: int) -> list[dict[str, float]]:
+        """One forward pass over the prompts, right-padded; each one's last real position."""
+        import torch
+
+        tok = self._tokenizer
+        rows = [tok(p)["input_ids"] for p in prompts]
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids[0]
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        with torch.inference_mode(), self._adapter_context(None):
+            logits = self._model(input_ids=ids, attention_mask=mask).logits.float()
+        last = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
+        best = last.log_softmax(-1).topk(top, dim=-1)
+        return [
+            {tok.decode([int(i)]): float(v) for v, i in zip(vals, idx, strict=True)}
+            for vals, idx in zip(best.values, best.indices, strict=True)
+        ]
 
     # -- generation ------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:

