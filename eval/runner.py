@@ -39,6 +39,7 @@ class ModelInfo:
     grounded: bool | None = None  # ~grounded / ~plain: the request's `grounded`, else unset
     corrector: str | None = None  # the version a catalogue-named corrector resolves to
     spelling: str | None = None  # the word list of the spelling pass before the corrector turn
+    spelling_by: str | None = None  # how it picks a spelling: "context" (the model) or frequency
 
     @property
     def key(self) -> str:
@@ -51,6 +52,8 @@ class ModelInfo:
             way += f"|corrector={self.corrector}"
         if self.spelling and self.grounded is not False:
             way += f"|spelling={self.spelling}"
+            if self.spelling_by == "context":  # replies cached before it are by frequency
+                way += "+context"
         return f"{self.persona or '-'}|{self.adapter}|{self.root}{way}"
 
     @property
@@ -94,6 +97,7 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
     meta = card.get("metadata") or {}
     root = str(card.get("root") or card.get("parent") or requested)  # the gateway: the base id
     corrector, spelling = meta.get("corrector"), meta.get("spelling")
+    spelling_by = meta.get("spelling_by")
     if "variant" in meta:  # a registered version, served under its variant's persona
         return ModelInfo(
             requested,
@@ -103,6 +107,7 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
             card.get("parent"),
             corrector=corrector,
             spelling=spelling,
+            spelling_by=spelling_by,
         )
     if "adapter" in meta:  # a variant: an alias for the version it points to now
         # (``<variant>@base`` names its variant in ``persona``: the same key as the alias on base)
@@ -115,6 +120,7 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
             card.get("parent"),
             corrector=corrector,
             spelling=spelling,
+            spelling_by=spelling_by,
         )
     if card.get("parent") is None and card.get("root"):
         # The gateway's bare base model (its root is the weights' folder: key it by its id, as

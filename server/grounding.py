@@ -12,7 +12,9 @@ never shown to the learner and never comes back in the history.
 
 Where the language has a word list (the catalogue's `spelling:`), the corrector is given the
 sentence after a spelling pass (server/spelling.py): the 135M corrector misses most misspellings.
-The outcome is still judged against what the learner wrote.
+Where the engine ranks next tokens, the base model picks each word's spelling in context; else
+the most frequent near word is taken. The outcome is still judged against what the learner
+wrote.
 
 A correction that rewrites too much of the sentence is not trusted: the tutor then answers
 without a note, as the ungrounded variant would.
@@ -28,6 +30,7 @@ without a move for half of its error-free turns, so this is an input the adapter
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -35,8 +38,10 @@ from difflib import SequenceMatcher
 
 from adapters.variants import Variant
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
-from server.errors import EngineUnavailable
-from server.spelling import fix_spelling
+from server.errors import EngineError, EngineUnavailable
+from server.spelling import fix_spelling, fix_spelling_in_context
+
+log = logging.getLogger(__name__)
 
 MIN_SIMILARITY = 0.6  # token overlap below this: the "correction" is another sentence
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -120,19 +125,35 @@ async def _collect(deltas: AsyncIterator[TextDelta]) -> tuple[str, int]:
     return "".join(parts).strip(), counted if used is None else used
 
 
+async def spell(engine: Engine, text: str, language: str, *, in_context: bool) -> str:
+    """The spelling pass: in context where asked and the engine ranks next tokens, else by
+    frequency (a word list lookup can take a few hundred ms: off the event loop). An engine that
+    fails to rank costs the learner nothing: the pass goes by frequency then."""
+    if in_context and engine.ranks_next_tokens:
+        try:
+            return await fix_spelling_in_context(text, language, engine.next_tokens)
+        except EngineError as exc:
+            log.warning("spelling in context failed (%s): by frequency instead", exc)
+    return await asyncio.to_thread(fix_spelling, text, language)
+
+
 async def ground(
     engine: Engine,
     request: GenerationRequest,
     variant: Variant,
     corrector: Corrector | None = None,
+    *,
+    in_context: bool = True,
 ) -> tuple[GenerationRequest, Grounding]:
-    """The tutor request with the hidden note after the learner's last turn, and what happened."""
+    """The tutor request with the hidden note after the learner's last turn, and what happened.
+    ``in_context``: the spelling pass may ask the engine's base model (``spell``)."""
     text = last_user_turn(request.messages)
     if text is None:
         return request, Grounding(None, "no_user_turn", None)
-    seen = text
-    if variant.spelling:  # a word list lookup can take a few hundred ms: off the event loop
-        seen = await asyncio.to_thread(fix_spelling, text, variant.spelling)
+    if variant.spelling:
+        seen = await spell(engine, text, variant.spelling, in_context=in_context)
+    else:
+        seen = text
     correction, tokens = await correct(engine, request, variant, seen, corrector)
     if not plausible(text, correction):
         return request, Grounding(correction, "rejected", None, tokens)

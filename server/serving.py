@@ -386,6 +386,11 @@ class ChatService:
         for phase, seconds in timing.phases().items():
             self.metrics.ttft_phase.labels(label, phase).observe(seconds)
 
+    @property
+    def spells_in_context(self) -> bool:
+        """The spelling pass asks the base model (server/spelling.py), not word frequency."""
+        return self.settings.spelling_in_context and self.engine.ranks_next_tokens
+
     async def corrector_of(self, variant: Variant) -> Target | None:
         """The model the catalogue names to correct for ``variant``, resolved now (it follows its
         own alias); None: the variant's own adapter corrects. Also None when the named corrector
@@ -405,12 +410,12 @@ class ChatService:
         """The corrector turn, then the tutor request with its hidden note. A catalogue-named
         corrector is resolved now (it follows its own alias) and held loaded while it runs."""
         who = await self.corrector_of(variant)
+        in_context = self.spells_in_context
         if who is None:
-            return await ground(self.engine, request, variant)
+            return await ground(self.engine, request, variant, in_context=in_context)
         async with self._holding(who.adapter):
-            return await ground(
-                self.engine, request, variant, Corrector(who.adapter, who.upstream_model)
-            )
+            where = Corrector(who.adapter, who.upstream_model)
+            return await ground(self.engine, request, variant, where, in_context=in_context)
 
     def _holding(self, adapter: AdapterRef | None) -> AbstractAsyncContextManager[float | None]:
         """Keep the request's adapter version loaded until its last token."""

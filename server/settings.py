@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     vllm_start_timeout: float = 300.0
     max_context: int = 4096
 
+    spelling_in_context: bool = Field(
+        default=True,
+        description=(
+            "The English spelling pass asks the base model which spelling fits where the engine "
+            "ranks next tokens (vLLM, transformers): 273 of 350 JFLEG train-split words right, "
+            "257 by word frequency alone, for one more one-token engine call in a grounded turn "
+            "with an unknown word (its cost: docs/EVAL.md 8g). False: by frequency alone."
+        ),
+    )
+
     # Front-ends: the Gradio page at /ui and Open WebUI's background tasks (server/tasks.py).
     ui: bool = Field(default=True, description="`tutor serve` mounts the Gradio tutor at /ui.")
     route_tasks: bool = Field(

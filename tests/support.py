@@ -3,6 +3,7 @@ throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -115,12 +116,24 @@ def make_random_adapter(base_path: Path, out: Path, *, seed: int, rank: int = 8,
     return out
 
 
-def spelt(variant, learner: str) -> str:
+def spelt(variant, learner: str, base_path: Path) -> str:
     """The sentence the gateway's corrector turn is asked about (server/grounding.py): after the
-    spelling pass where the variant's language has one."""
-    from server.spelling import fix_spelling
+    spelling pass where the variant's language has one, in context with the base model (the
+    transformers engine's ranking; the vLLM engine's equals it, tests/test_vllm.py)."""
+    if not variant.spelling:
+        return learner
+    from server.engines.transformers_engine import TransformersEngine
+    from server.spelling import fix_spelling_in_context
 
-    return fix_spelling(learner, variant.spelling) if variant.spelling else learner
+    async def run() -> str:
+        engine = TransformersEngine(str(base_path))
+        await engine.start()
+        try:
+            return await fix_spelling_in_context(learner, variant.spelling, engine.next_tokens)
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run())
 
 
 def peft_reference(

@@ -13,7 +13,7 @@ import yaml
 from adapters.variants import Catalogue
 from server.app import create_app
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
-from server.errors import EngineUnavailable
+from server.errors import EngineError, EngineUnavailable
 from server.grounding import corrector_max_tokens, ground, plausible
 from server.settings import DEFAULT_CATALOGUE, Settings
 from tests.support import peft_reference, running_server, spelt
@@ -116,6 +116,44 @@ def test_the_corrector_sees_the_sentence_after_the_spelling_pass() -> None:
     assert engine.requests[0].messages == spanish.corrector_messages("Ayer yo va.")
 
 
+class RankingCorrectorEngine(ScriptedCorrectorEngine):
+    """Fake: also ranks next tokens, putting " we" first (or failing, as a vLLM that refuses
+    the call would); SmolLM2's real ranking is in tests/test_spelling.py, vLLM's in
+    tests/test_vllm.py."""
+
+    ranks_next_tokens = True
+
+    def __init__(self, correction: str, *, fail: bool = False) -> None:
+        super().__init__(correction)
+        self.fail = fail
+        self.ranked: list[list[str]] = []
+
+    async def next_tokens(self, prompts: list[str], top: int) -> list[dict[str, float]]:
+        self.ranked.append(prompts)
+        if self.fail:
+            raise EngineError("vLLM failed to rank tokens (400): logprobs above the maximum")
+        return [{" we": -0.1, " the": -5.0, " have": -0.5} for _ in prompts]
+
+
+@pytest.mark.parametrize(
+    ("in_context", "fail", "seen"),
+    [
+        (True, False, "In today's world we have it."),
+        (False, False, "In today's world the have it."),
+        (True, True, "In today's world the have it."),  # a failed ranking: frequency, no error
+    ],
+)
+def test_the_spelling_pass_asks_the_engine_where_it_ranks_and_may(in_context, fail, seen) -> None:
+    tutor = CATALOGUE.variants["tutor"]
+    engine = RankingCorrectorEngine("In today's world we have it.", fail=fail)
+    learner = "In today's world whe have it."
+    request = GenerationRequest([{"role": "user", "content": learner}], SamplingParams(50))
+    _, what = asyncio.run(ground(engine, request, tutor, in_context=in_context))
+    assert engine.requests[0].messages == tutor.corrector_messages(seen)
+    assert len(engine.ranked) == (1 if in_context else 0)
+    assert what.outcome == "changed"
+
+
 class DroppingEngine(ScriptedCorrectorEngine):
     """Fake: cuts its first ``cuts`` answers after one delta, as a vLLM replica killed mid-turn
     does (the real kill is in tests/test_cluster.py)."""
@@ -202,7 +240,7 @@ def peft_grounded(tiny_path, variant_id: str, tutor_adapter, corrector_adapter, 
     line = peft_reference(
         tiny_path,
         corrector_adapter,
-        variant.corrector_messages(spelt(variant, learner)),
+        variant.corrector_messages(spelt(variant, learner, tiny_path)),
         corrector_max_tokens(learner),
     )
     correction = line.split("\n", 1)[0].strip()
@@ -315,6 +353,12 @@ def test_a_named_corrector_is_on_the_card_and_in_the_eval_cache_key(grounded_ser
         with_pass.key
         != resolve_model({**own, "metadata": {**own["metadata"], "spelling": None}}, "tutor").key
     )  # the spelling pass changes what the corrector sees: another cache key
+    # the transformers engine ranks next tokens: the pass picks spellings in context, which is
+    # another sentence for the corrector than frequency alone gives, and another key
+    assert own["metadata"]["spelling_by"] == "context"
+    assert heritage["metadata"]["spelling_by"] is None
+    by_frequency = {**own, "metadata": {**own["metadata"], "spelling_by": "frequency"}}
+    assert with_pass.key != resolve_model(by_frequency, "tutor").key
     with_other = resolve_model(heritage, "tutor-es-heritage")
     assert with_other.corrector == zh["metadata"]["adapter"]
     same_weights = resolve_model(

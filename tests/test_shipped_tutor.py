@@ -42,6 +42,9 @@ TYPICAL = {
     "tutor-zh-heritage": "我妈妈做饭做的很好吃，我每天吃两个碗饭。",  # 得, 两碗饭
     "tutor-corrector": "therefore I brougth a car imediately.",  # brought, immediately
 }
+# Where the language has a spelling pass, a sentence whose misspellings need context: by
+# frequency alone "wich" would become "with" (server/spelling.py)
+MISSPELT = {"en": "I donnt know wich one is better."}
 MAX_TOKENS = 40
 BASE = "smollm2-135m-instruct"
 
@@ -75,7 +78,9 @@ def test_shipped_adapters_are_small_bf16_and_fit_the_default_base(variant, smoll
 
 
 def learners(variant_id: str) -> list[str]:
-    return [SHARED[CATALOGUE.variants[variant_id].language], TYPICAL[variant_id]]
+    variant = CATALOGUE.variants[variant_id]
+    spelling = [MISSPELT[variant.spelling]] if variant.spelling and variant.grounded else []
+    return [SHARED[variant.language], TYPICAL[variant_id], *spelling]
 
 
 def expected_reply(smollm2_path, variant_id: str, learner: str) -> tuple[str, str | None]:
@@ -92,7 +97,7 @@ def expected_reply(smollm2_path, variant_id: str, learner: str) -> tuple[str, st
         line = peft_reference(
             smollm2_path,
             corrector.shipped,
-            variant.corrector_messages(spelt(variant, learner)),
+            variant.corrector_messages(spelt(variant, learner, smollm2_path)),
             corrector_max_tokens(learner),
         )
         correction = line.split("\n", 1)[0].strip()
@@ -129,6 +134,8 @@ def test_a_fresh_home_serves_every_shipped_variant_as_peft_does(fresh_gateway, s
         base_url=f"{fresh_gateway['url']}/v1", api_key="x", max_retries=0, timeout=300
     )
     cards = {c.id: c.model_dump() for c in client.models.list().data}
+    # vLLM ranks next tokens: the base model picks a misspelt word's spelling in context
+    assert cards["tutor"]["metadata"]["spelling_by"] == "context"
     for variant_id, variant in SHIPPED.items():
         assert cards[variant_id]["metadata"]["adapter"] == f"{variant_id}@1"
         assert cards[variant_id]["metadata"]["grounded"] is variant.grounded

@@ -565,7 +565,7 @@ def test_vllm_ranks_next_tokens_as_the_transformers_engine_does(gateway, tiny_pa
     """The spelling pass's model call (``Engine.next_tokens``) over vLLM's completion logprobs
     ranks the same tokens with the same log-probabilities as the transformers engine (float32
     both), so a spelling is picked alike on either; vLLM keeps serving after it (prompt
-    logprobs, which would crash it, are never asked)."""
+    logprobs, which would crash it, are never asked); the gateway's cards say so."""
     prompts = ["\nIn today's world", "\nIn today's world we", "\nIn today's world the"]
 
     async def both() -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -591,3 +591,5 @@ def test_vllm_ranks_next_tokens_as_the_transformers_engine_does(gateway, tiny_pa
         for token in shared:
             assert g[token] == pytest.approx(w[token], abs=1e-3), token
     assert _chat(gateway["url"], "tutor")[0]  # still serving
+    cards = {c.id: c.model_dump() for c in _client(gateway["url"]).models.list().data}
+    assert cards["tutor"]["metadata"]["spelling_by"] == "context"

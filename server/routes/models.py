@@ -18,6 +18,8 @@ router = APIRouter(dependencies=[Depends(requires("chat"))])
 async def model_cards(service: ChatService) -> list[ModelCard]:
     base = service.base_id
     cards = [ModelCard(id=base, created=service.created, name=base, root=base)]
+    # how the spelling pass picks a misspelt word's spelling: a model in context, or frequency
+    spelling_by = "context" if service.spells_in_context else "frequency"
     correctors = {}  # a grounded turn's corrector, where the catalogue names another model
     for v in service.catalogue.variants.values():
         if (who := await service.corrector_of(v)) is not None:
@@ -33,6 +35,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
             "grounded": v.grounded,  # the default; a request's `grounded` overrides it
             "corrector": correctors.get(v.id),
             "spelling": v.spelling,  # the spelling pass before the corrector turn, if any
+            "spelling_by": spelling_by if v.spelling else None,
         }
         cards.append(
             ModelCard(
@@ -52,6 +55,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
                 "resident": ver.name in resident,
                 "corrector": correctors.get(ver.variant),
                 "spelling": spelling.get(ver.variant),
+                "spelling_by": spelling_by if spelling.get(ver.variant) else None,
             }
             cards.append(
                 ModelCard(
