@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import time
 
@@ -37,10 +36,8 @@ from deploy.bench.defaults import phases
 from server.engines.transformers_engine import TransformersEngine
 from server.model_store import SMOLLM2, resolve_model
 from server.settings import Settings
-from server.spelling import _candidate, _choices, spellings_in_context
+from server.spelling import _WORD, _candidate, _choices, spellings_in_context
 from train.data import load_split
-
-_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 
 def _words(text: str) -> set[str]:
