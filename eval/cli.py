@@ -21,12 +21,19 @@ BaseUrlOpt = Annotated[str, typer.Option(help="the gateway (or any OpenAI-compat
 KeyOpt = Annotated[str, typer.Option(envvar="TUTOR_EVAL_API_KEY", help="bearer key")]
 
 
-def _registry(required: bool = False):  # noqa: ANN202
-    """The adapter registry of this machine's settings, or None when there is none."""
-    from adapters.registry import Registry
+def _settings(home: Path | None):  # noqa: ANN202
+    """This machine's settings, with ``--home`` as TUTOR_HOME when given: the registry then
+    defaults to the one in that home, as everything else the command reads and writes does."""
     from server.settings import Settings
 
-    settings = Settings()
+    return Settings(home=home) if home is not None else Settings()
+
+
+def _registry(required: bool = False, home: Path | None = None):  # noqa: ANN202
+    """The adapter registry of this machine's settings, or None when there is none."""
+    from adapters.registry import Registry
+
+    settings = _settings(home)
     # a PostgreSQL registry (a URL) always exists once reachable; only a file can be absent
     if not required and settings.registry_url is None and not settings.registry_path.exists():
         return None
@@ -133,7 +140,7 @@ def compare(
     from eval.report import write_report
 
     data = load_run(run, home)
-    registry = _registry(required=promote)
+    registry = _registry(required=promote, home=home)
     langs = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
     result = compare_run(
         data,
@@ -196,10 +203,14 @@ def select(
     names = variant or list(SUITE_OF)
     if (candidate or suite) and len(names) != 1:
         raise typer.BadParameter("needs exactly one --variant", param_hint="--candidate/--suite")
-    registry = _registry(required=True)
+    registry = _registry(required=True, home=home)
     log = tutor_home(home) / "logs" / "select-gateway.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    gateway = nullcontext(base_url) if base_url else started_gateway(log=log)
+    # a gateway started here serves the registry this command promotes in
+    settings = _settings(home)
+    serves = {"TUTOR_REGISTRY": str(settings.registry_location)}
+    serves["TUTOR_ADAPTER_DIR"] = str(settings.adapter_store)
+    gateway = nullcontext(base_url) if base_url else started_gateway(serves, log=log)
     done = []
     with gateway as url:
         for name in names:

@@ -152,6 +152,25 @@ def test_run_compare_report_and_promote(env) -> None:
     assert re.search(rf"^\s*tutor\s+-> {re.escape(env[lowest])} ", out, re.M), out
 
 
+def test_compare_promotes_in_the_registry_of_its_home(env, tmp_path, monkeypatch) -> None:
+    """`--home X --promote` with no TUTOR_REGISTRY set promotes in X's registry (the one beside
+    X's suites and runs), not in $TUTOR_HOME's: here $TUTOR_HOME is an empty folder whose
+    registry knows no version, so a promotion there would fail."""
+    home, registry = env["home"], env["registry"]
+    assert registry.db_path == home / "registry.sqlite"
+    lowest = min(("v1", "v2"), key=lambda k: PPL[k])
+    other = env["v2" if lowest == "v1" else "v1"]
+    registry.promote("tutor", other)
+    monkeypatch.delenv("TUTOR_REGISTRY")
+    monkeypatch.delenv("TUTOR_ADAPTER_DIR")
+    monkeypatch.setenv("TUTOR_HOME", str(tmp_path))
+    run = str(home / "run")
+    out = tutor("eval", "compare", run, "--tolerance", "1", "--promote", "--home", str(home))
+    assert f"promoted tutor: {other} -> {env[lowest]}" in out
+    assert registry.alias("tutor") == env[lowest]
+    assert not (tmp_path / "registry.sqlite").exists()
+
+
 def test_changed_parameters_are_asked_again(env) -> None:
     import asyncio
 
