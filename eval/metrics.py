@@ -174,7 +174,6 @@ def conversation_recasts(messages: list[dict[str, str]]) -> list[tuple[str, str]
 # The training quality gates (train/gates.py) and the eval suites score replies with these same
 # functions, so "the recast contains the corrected form" means one thing everywhere.
 
-LANGUAGES = ("en", "es", "zh")
 
 # Phrases that point at the error instead of recasting it. Matched case-folded as substrings
 # (word-bounded for en/es). A metalinguistic hint may talk about a rule, never about "a mistake".
@@ -433,20 +432,3 @@ def message_hash(messages: list[dict[str, str]]) -> str:
         parts.append(f"{m.get('role', '')}:{' '.join(words)}")
     norm = "\n".join(parts)
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
-
-
-def score(
-    reply: str, *, utterance: str, correction: str, language: str, mode: str | None = None
-) -> dict[str, bool | list[str] | str | None]:
-    """Every deterministic per-reply check at once: what gates filter on and eval reports."""
-    changed = utterance != correction
-    return {
-        "uptake": contains_correction(reply, utterance, correction) if changed else None,
-        "withheld": withholds_correction(reply, utterance, correction) if changed else None,
-        "explicit_phrases": explicit_corrections(reply, language),
-        "question": has_question(reply),
-        "length_ok": length_ok(reply, language),
-        "language": detect_language(reply),
-        "language_ok": detect_language(reply) in (language, None) if language else True,
-        "mode": mode,
-    }

@@ -1,7 +1,8 @@
 """One settings object for the whole service, read from ``TUTOR_*`` variables.
 
-It is injected (``SettingsDep``) rather than imported as a global, so tests build an app with
-their own settings and several apps can live in one process.
+It is handed to the app factory (``create_app(settings)``), which keeps it on ``app.state`` and
+gives it to what it builds (the engine, the chat service, the limits), rather than imported as a
+global, so tests build an app with their own settings and several apps can live in one process.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Request
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -297,10 +297,3 @@ class Settings(BaseSettings):
         """Registration copies only from here: the cache (training runs), the catalogue's folder
         (the shipped adapters) and configured folders."""
         return [self.home, self.catalogue.parent, *self.extra_adapter_roots]
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -32,7 +32,6 @@ LICENCES = {
     "l1bank": "Apache-2.0 (written for this project)",
     "narrative": "Apache-2.0 (sentences composed for this project in train/synth.py)",
 }
-LANGUAGES = {"jfleg": "en", "cowsl2h": "es", "mucgec": "zh"}
 # Fraction of each source's groups held out for evaluation; never trained on.
 EVAL_FRACTION = {"jfleg": 0.2, "cowsl2h": 0.1, "mucgec": 0.2, "l1bank": 0.25}
 

@@ -97,10 +97,6 @@ class VLLMProcess:
         return f"http://{self.host}:{self.port}/v1"
 
     @property
-    def ready(self) -> bool:
-        return self.state is State.READY
-
-    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
