@@ -25,6 +25,26 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from server.app import VERSION
+
+        typer.echo(f"tutor {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version, exit."
+        ),
+    ] = False,
+) -> None:
+    """Conversational language tutor: serve, manage models and adapters."""
+
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 log = logging.getLogger("tutor")
 

@@ -51,3 +51,16 @@ def test_serve_refuses_several_workers():
     assert done.returncode == 2
     assert "--workers 4: tutor serve runs one process" in done.stderr
     assert "rate limits" in done.stderr and "load balancer" in done.stderr
+
+
+def test_version_is_the_installed_distribution_s() -> None:
+    import importlib.metadata
+    import tomllib
+
+    from server.settings import REPO
+
+    result = subprocess.run([TUTOR, "--version"], capture_output=True, text=True, timeout=60)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"tutor {importlib.metadata.version(project['name'])}"
+    assert result.stdout.strip() == f"tutor {project['version']}"
