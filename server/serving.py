@@ -85,7 +85,7 @@ class ChatService:
     # -- start-up --------------------------------------------------------------------------
     async def start(self) -> None:
         """Validate adapters fixed by configuration, then follow the registry's aliases."""
-        if self.settings.engine == "openai" or self.registry is None:
+        if not self.engine.loads_adapters or self.registry is None:
             return
         if self.settings.shipped_adapters:
             register_shipped(

@@ -113,6 +113,9 @@ class Engine(ABC):
     # True when the engine decides where versions live and evicts them itself (several
     # replicas, each with its own LRU); the adapter manager then only loads and retires.
     places_adapters: bool = False
+    # False for an engine in front of a server that owns its models (a plain OpenAI-compatible
+    # upstream): the gateway then keeps no adapters, no registry aliases, no shipped versions.
+    loads_adapters: bool = True
     # True when ``next_tokens`` works: the English spelling pass lets the base model choose
     # among a misspelt word's spellings in context with it (server/spelling.py)
     ranks_next_tokens: bool = False

@@ -46,6 +46,7 @@ DRAIN_TIMEOUT = 1.0  # after [DONE], how long to wait for the end of the HTTP bo
 class OpenAIEngine(Engine):
     name = "openai"
     optional_params = frozenset(OPTIONAL_PARAMS)  # an OpenAI-compatible upstream takes them all
+    loads_adapters = False  # the upstream's models are its own: ``model`` is passed through
 
     def __init__(
         self,

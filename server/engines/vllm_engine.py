@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 class VLLMEngine(OpenAIEngine):
     name = "vllm"
+    loads_adapters = True  # through vLLM's runtime LoRA API
     ranks_next_tokens = True  # completions' ``logprobs`` (never ``prompt_logprobs``: below)
 
     def __init__(
