@@ -28,6 +28,7 @@ RUN groupadd --gid 10001 tutor \
  && mkdir -p /data \
  && chown 10001:10001 /data
 COPY pyproject.toml constraints.txt README.md ./
+COPY common ./common
 COPY server ./server
 COPY adapters ./adapters
 COPY train ./train

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from adapters.registry import AdapterVersion, Registry, VersionNotFound
-from adapters.validation import AdapterValidationError, sha256_file, validate_adapter
+from adapters.validation import AdapterValidationError, validate_adapter
 from adapters.variants import Catalogue
+from common.files import sha256_file
 
 log = logging.getLogger("tutor.adapters")
 MANIFEST = "tutor-adapter.json"

@@ -6,11 +6,12 @@ check that can be made from the files is made here, with a message a person can 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from common.files import sha256_file
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -28,14 +29,6 @@ class AdapterInfo:
     alpha: float
     target_modules: tuple[str, ...]
     sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def same_base(declared: str, served: str, aliases: tuple[str, ...] = ()) -> bool:

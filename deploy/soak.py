@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,16 +28,13 @@ from pathlib import Path
 import httpx
 import psutil
 
+from common.net import free_port as _free_port
+from common.paths import tutor_home
+
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {"tutor": 3, "tutor-es-l2": 2, "tutor-zh-l2": 1}  # name -> traffic weight
 ADMIN = "soak-admin-key"
 PROMPTS = ["Yesterday I go to the store.", "Ayer yo voy a la playa.", "我昨天去商店了买东西。"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_adapters(base: Path, root: Path) -> dict[str, list[Path]]:
@@ -156,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.duration, args.concurrency, args.promote_every = 10.0, 4, 2.0
 
-    home = Path(os.environ.get("TUTOR_HOME", "~/.cache/tutor")).expanduser()
+    home = tutor_home()
     base = home / "models" / "tiny-qwen3"
     with tempfile.TemporaryDirectory(prefix="tutor-soak-") as tmp:
         root = Path(tmp)

@@ -20,6 +20,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_text
+from common.paths import tutor_home
 from eval.stats import bootstrap_ci
 
 CHOICES = ("left", "right", "tie")
@@ -47,7 +49,6 @@ CREATE TABLE IF NOT EXISTS votes (
 
 
 def default_votes_path(home: Path | str | None = None) -> Path:
-    from train.data import tutor_home
 
     return tutor_home(home) / "eval" / "votes.sqlite"
 
@@ -148,7 +149,6 @@ def dpo_pairs(votes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def export_dpo(votes: Sequence[dict[str, Any]], out: Path) -> int:
     """Write the preference pairs as JSONL (atomically); returns how many."""
-    from train.data import atomic_write_text
 
     pairs = dpo_pairs(votes)
     atomic_write_text(

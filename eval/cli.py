@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from common.files import atomic_write_text
+from common.paths import tutor_home
+
 app = typer.Typer(
     help="Side-by-side evaluation of tutoring quality, and the promotion decision.",
     no_args_is_help=True,
@@ -81,7 +84,6 @@ def run(
     from eval.cache import ReplyCache
     from eval.runner import default_run_name, run_suite, runs_dir, write_run
     from eval.suites import load_suite
-    from train.data import tutor_home
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
@@ -198,7 +200,6 @@ def select(
     from contextlib import nullcontext
 
     from eval.select import SUITE_OF, select_variant, started_gateway, summary_lines
-    from train.data import tutor_home
 
     names = variant or list(SUITE_OF)
     if (candidate or suite) and len(names) != 1:
@@ -253,7 +254,6 @@ def judge_calibrate(
         calibration_path,
         default_mrbench_path,
     )
-    from train.data import atomic_write_text, tutor_home
 
     store = ReplyCache(tutor_home(home) / "eval" / "cache.sqlite")
     try:
@@ -284,7 +284,6 @@ def judge_command(
     from eval.cache import ReplyCache
     from eval.compare import load_run
     from eval.judge import Judge, calibration_path, judge_run
-    from train.data import atomic_write_text, tutor_home
 
     cal_path = calibration_path(model, home)
     calibration = json.loads(cal_path.read_text()) if cal_path.exists() else None

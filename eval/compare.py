@@ -23,6 +23,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from common.files import read_jsonl
 from eval.diversity import diversity
 from eval.modes import LABELS, MODES, confusion_matrix
 from eval.replies import HIGHER_IS_BETTER, YES_NO, failed_checks, score_reply
@@ -66,7 +67,6 @@ def find_run(ref: str | Path, home: Path | str | None = None) -> Path:
 
 
 def load_run(ref: str | Path, home: Path | str | None = None) -> RunData:
-    from train.data import read_jsonl
 
     path = find_run(ref, home)
     meta = json.loads((path / "run.json").read_text())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.paths import data_dir, tutor_home
 from eval.cache import ReplyCache, cache_key
 from eval.stats import accuracy, cohen_kappa
 
@@ -121,7 +122,6 @@ def load_mrbench(path: Path, n: int | None = None, seed: int = 20250601) -> list
 
 
 def default_mrbench_path() -> Path:
-    from train.data import data_dir
 
     return data_dir() / "mrbench" / DEFAULT_MRBENCH
 
@@ -239,7 +239,6 @@ async def calibrate(
 
 
 def calibration_path(model: str, home: Path | str | None = None) -> Path:
-    from train.data import tutor_home
 
     slug = re.sub(r"[^A-Za-z0-9@._-]+", "_", model)
     return tutor_home(home) / "eval" / "judge" / f"{slug}.calibration.json"

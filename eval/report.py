@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_text
 from eval.gate import gate_lines
 from eval.replies import METRICS
 
@@ -322,7 +323,6 @@ def markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
 
 def write_report(result: dict[str, Any], out: Path) -> dict[str, Path]:
     """All report files into ``out``; returns them by kind."""
-    from train.data import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     files = {

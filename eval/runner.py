@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_text
+from common.paths import tutor_home
 from eval.cache import ReplyCache, cache_key
 from eval.suites import Suite, SuiteItem
 
@@ -299,7 +301,6 @@ async def run_suite(
 
 
 def runs_dir(home: Path | str | None = None) -> Path:
-    from train.data import tutor_home
 
     return tutor_home(home) / "eval" / "runs"
 
@@ -321,7 +322,6 @@ def write_run(
     cache: ReplyCache | None = None,
 ) -> Path:
     """``run.json`` (what was asked, of whom) and ``replies.jsonl``, each written atomically."""
-    from train.data import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, list[str]] = {}

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,9 @@ from typing import Any
 
 import httpx
 
+from common.files import atomic_write_text
+from common.net import free_port as _free_port
+from common.paths import tutor_home
 from eval.compare import DEFAULT_TOLERANCE, compare_run, load_run
 from eval.gate import gates_against
 
@@ -142,7 +144,6 @@ def select_variant(
     from eval.report import write_report
     from eval.runner import default_run_name, run_suite, runs_dir, write_run
     from eval.suites import load_suite
-    from train.data import atomic_write_text, tutor_home
 
     version = candidate or candidate_of(registry, variant)
     base = f"{variant}@base"
@@ -194,12 +195,6 @@ def select_variant(
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(sel.to_json(), indent=2, ensure_ascii=False) + "\n")
     return sel
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

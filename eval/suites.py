@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from common.files import sha256_file
+from common.paths import tutor_home
 from eval.metrics import target_form
 from eval.modes import MODES
 
@@ -151,7 +153,6 @@ def earlier_version(recipe: dict[str, Any], version: int) -> dict[str, Any]:
 
 
 def suites_dir(home: Path | str | None = None) -> Path:
-    from train.data import tutor_home
 
     return tutor_home(home) / "eval" / "suites"
 
@@ -374,7 +375,7 @@ def build_suite(
     ``split_home`` is where the fixed split lives (default: ``home``); suites go to ``home``.
     ``version``: the recipe's own (default) or the one it ``extends``.
     """
-    from train.data import sha256_file, split_dir
+    from train.data import split_dir
 
     recipe = load_recipe(recipe_path)
     if version is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from fastapi import Request
 
+from common.files import atomic_write_text
 from server.errors import Forbidden, Unauthorized
 from server.settings import ApiKey, Settings
 
@@ -60,12 +61,8 @@ def load_key_file(path: Path) -> list[ApiKey]:
 
 def save_key_file(path: Path, keys: list[ApiKey]) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     body = {"keys": [k.model_dump(exclude_none=True) for k in keys]}
-    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n", mode=0o600)
 
 
 class KeyStore:

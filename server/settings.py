@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.registry import is_database_url
+from common.paths import DEFAULT_HOME
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOGUE = REPO / "adapters" / "catalogue.yaml"
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUTOR_", extra="ignore")
 
     home: Path = Field(
-        default=Path("~/.cache/tutor").expanduser(),
+        default=DEFAULT_HOME,
         description="Cache for prepared models, adapters and generated data.",
     )
     model: str = Field(

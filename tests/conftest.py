@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import common.paths
 from server.app import create_app
 from server.model_store import make_tiny, prepare_smollm2
 from server.settings import Settings
@@ -35,7 +35,7 @@ def isolated_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tutor_home() -> Path:
     """The real model cache (TUTOR_HOME), shared with `make serve` so models convert once."""
-    return Path(os.environ.get("TUTOR_HOME", "~/.cache/tutor")).expanduser()
+    return common.paths.tutor_home()
 
 
 @pytest.fixture(scope="session")

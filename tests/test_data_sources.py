@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from common.files import sha256_file
+from common.paths import data_dir
 from train.data import (
     ErrorRecord,
     course_learner,
-    data_dir,
     detokenize_en,
     is_eval,
     load_cowsl2h,
     load_l1_bank,
     load_source,
     load_split,
-    sha256_file,
     write_splits,
 )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common.paths import data_dir
 from eval.arena import (
     Arena,
     VoteStore,
@@ -24,7 +25,6 @@ from eval.compare import compare_run, load_run
 from eval.report import write_report
 from eval.runner import ModelInfo, ReplyRecord, write_run
 from eval.suites import build_suite
-from train.data import data_dir
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
 

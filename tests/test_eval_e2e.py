@@ -18,12 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from adapters.registry import Registry
+from common.paths import data_dir
 from eval.judge import DIMENSIONS, UNPARSED, agreement, parse_judgement
 from server.app import create_app
 from server.cli import app as cli
 from server.settings import Settings
 from tests.support import running_server
-from train.data import data_dir
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.paths import data_dir
 from eval.metrics import target_form
 from eval.suites import SuiteError, build_suite, built_versions, load_suite
-from train.data import data_dir, is_eval, load_split
+from train.data import is_eval, load_split
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
 

@@ -17,8 +17,9 @@ from safetensors import safe_open
 
 from adapters.registry import Registry
 from adapters.shipped import MANIFEST, read_manifest, register_shipped
-from adapters.validation import sha256_file, validate_adapter
+from adapters.validation import validate_adapter
 from adapters.variants import Catalogue
+from common.files import sha256_file
 from eval.metrics import detect_language
 from server.app import create_app
 from server.grounding import corrector_max_tokens, plausible

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from adapters.registry import Registry
+from common.paths import data_dir
 from server.settings import Settings
-from train.data import data_dir
 from train.pipeline import Plan, run_all
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")

@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from common.files import atomic_write_text, dumps_jsonl, read_jsonl
+from common.paths import tutor_home
+
 data_app = typer.Typer(
     help="Learner-error data: splits, dialogue generation, gates, mixes.", no_args_is_help=True
 )
@@ -83,7 +86,6 @@ def data_generate(
             multi_turn=multi_turn,
             seed=seed,
         )
-        from train.data import tutor_home
 
         jobs.append((j, out or tutor_home(home) / "data" / "generated" / f"{name}.jsonl"))
     else:
@@ -119,7 +121,6 @@ def data_gate(
     out: Annotated[Path | None, typer.Option(help="write the kept rows here")] = None,
 ) -> None:
     """Run the quality gates over generated dialogues and print the drop report."""
-    from train.data import atomic_write_text, dumps_jsonl, read_jsonl
     from train.gates import GateReport
 
     report = GateReport()
@@ -212,7 +213,6 @@ def train_sweep(
     home: HomeOpt = None,
 ) -> None:
     """Batch size by measured tokens/s, then learning rate by held-out perplexity."""
-    from train.data import tutor_home
     from train.sweep import sweep, table
 
     result = sweep(

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+from common.files import atomic_write_text, dumps_jsonl, read_jsonl, sha256_file
+from common.paths import data_dir, tutor_home
+
 BANK_PATH = Path(__file__).resolve().parent / "l1_bank.yaml"
 SPLIT_SEED = 20250601
 SPLIT_VERSION = 1
@@ -71,54 +70,6 @@ class ErrorRecord:
 
 
 # -- locating and hashing inputs ----------------------------------------------------------------
-
-
-def data_dir(explicit: Path | str | None = None) -> Path:
-    """The shared learner data: an explicit path, TUTOR_DATA_DIR, or ``<repo>/../shared/data``."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("TUTOR_DATA_DIR")
-    return Path(env).expanduser() if env else DEFAULT_DATA_DIR
-
-
-def tutor_home(explicit: Path | str | None = None) -> Path:
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(os.environ.get("TUTOR_HOME", "~/.cache/tutor")).expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file beside it, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def dumps_jsonl(rows: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 # -- text helpers ------------------------------------------------------------------------------

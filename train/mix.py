@@ -17,15 +17,9 @@ from typing import Any
 
 import yaml
 
-from train.data import (
-    LICENCES,
-    atomic_write_text,
-    dumps_jsonl,
-    read_jsonl,
-    sha256_file,
-    split_dir,
-    tutor_home,
-)
+from common.files import atomic_write_text, dumps_jsonl, read_jsonl, sha256_file
+from common.paths import tutor_home
+from train.data import LICENCES, split_dir
 from train.gates import GateReport
 from train.generate import GenJob, variant_language
 

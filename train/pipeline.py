@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from train.data import tutor_home
+from common.paths import tutor_home
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 RECIPE = Path(__file__).resolve().parent / "recipes" / "tutor.yaml"

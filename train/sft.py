@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from train.data import atomic_write_text, read_jsonl, tutor_home
+from common.files import atomic_write_text, read_jsonl, sha256_file
+from common.paths import tutor_home
 
 TEMPLATE = Path(__file__).resolve().parent / "chatml_generation.jinja"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -486,8 +487,6 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
     manifest_path = train_path.parent / "manifest.json"
     data_manifest = None
     if manifest_path.exists():
-        from train.data import sha256_file
-
         data_manifest = {"path": str(manifest_path), "sha256": sha256_file(manifest_path)}
     init_path, parent = resolve_init_adapter(cfg, base_source)
     atomic_write_text(

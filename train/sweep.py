@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.data import atomic_write_text, read_jsonl
+from common.files import atomic_write_text, read_jsonl
 from train.sft import load_config, run_sft
 
 

@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,10 +33,12 @@ import httptools
 import httpx
 import psutil
 
+from common.paths import tutor_home
+
 REPO = Path(__file__).resolve().parents[2]
 REPORTS = REPO / "reports" / "bench"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
-TUTOR_HOME = Path(os.environ.get("TUTOR_HOME", "~/.cache/tutor")).expanduser()
+TUTOR_HOME = tutor_home()
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store and buy apple."}]
 
 # -- child processes ---------------------------------------------------------------------------
@@ -149,12 +150,6 @@ def install_cleanup() -> None:
     atexit.register(stop_all)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, group: Group | None, timeout: float) -> None:

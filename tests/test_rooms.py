@@ -1,0 +1,37 @@
+"""The rooms' one-way doors, read from the source: the bottom room (`common/`) imports nothing of
+the project's, so every other room may use it without a cycle (the developers' guide)."""
+
+from __future__ import annotations
+
+import ast
+
+from common.paths import REPO
+
+ROOMS = {"common", "server", "adapters", "train", "eval", "ui", "deploy", "tests"}
+
+
+def imported_rooms(path) -> set[str]:
+    """The project rooms a module imports, at any depth (function-local imports too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out & ROOMS
+
+
+def test_the_bottom_room_imports_no_other_room() -> None:
+    modules = sorted((REPO / "common").glob("*.py"))
+    assert len(modules) >= 4  # __init__, files, paths, net
+    for path in modules:
+        assert imported_rooms(path) <= {"common"}, path
+
+
+def test_train_and_eval_take_their_files_and_folders_from_the_bottom_room() -> None:
+    """No eval module reaches into train for a file helper or a folder any more."""
+    moved = {"atomic_write_text", "sha256_file", "read_jsonl", "dumps_jsonl", "tutor_home"}
+    for path in sorted((REPO / "eval").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "train.data":
+                assert not moved & {a.name for a in node.names}, path
