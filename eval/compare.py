@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from common.files import read_jsonl
+from common.modes import LABELS, MODES, confusion_matrix
 from eval.diversity import diversity
-from eval.modes import LABELS, MODES, confusion_matrix
 from eval.replies import HIGHER_IS_BETTER, YES_NO, failed_checks, score_reply
 from eval.stats import bootstrap_ci, mcnemar_paired, paired_difference, win_rate
 from eval.suites import Suite, SuiteItem, load_suite

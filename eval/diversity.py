@@ -2,7 +2,7 @@
 everyone, or only ever recasts, passes many per-reply checks and still teaches badly.
 
 - ``distinct_n``: unique n-grams over all n-grams of all replies (Li et al., 2016), tokens as in
-  :func:`eval.metrics.tokenize` (words; single characters for Chinese);
+  :func:`common.metrics.tokenize` (words; single characters for Chinese);
 - ``repeated_openings``: the share of replies whose opening (first three tokens) another reply
   also starts with, and the share taken by the most common opening;
 - ``mode collapse``: the share of the most frequent move label, and the normalised entropy of the
@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-from eval.metrics import tokens
+from common.metrics import tokens
 
 OPENING_TOKENS = 3
 COLLAPSE_SHARE = 0.8  # one move in at least this share of replies: collapsed
@@ -66,7 +66,7 @@ def mode_collapse(labels: Sequence[str]) -> dict[str, float | str | bool]:
 
 
 def diversity(replies: Sequence[str], labels: Sequence[str]) -> dict[str, float | str | bool]:
-    """All diversity figures for one model's replies (labels from :mod:`eval.modes`)."""
+    """All diversity figures for one model's replies (labels from :mod:`common.modes`)."""
     return {
         "distinct_1": distinct_n(replies, 1),
         "distinct_2": distinct_n(replies, 2),

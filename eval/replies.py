@@ -1,4 +1,4 @@
-"""Per-reply evaluation metrics on top of :mod:`eval.metrics` (the functions the training gates
+"""Per-reply evaluation metrics on top of :mod:`common.metrics` (the functions the training gates
 use): error echo, mode adherence, over-correction, follow-up relevance, tone flags, and the
 pedagogy score that the comparison ranks models by.
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
-from eval.metrics import (
+from common.metrics import (
     _EN_WORDS,
     _ES_WORDS,
     _IS_CJK,
@@ -25,7 +25,14 @@ from eval.metrics import (
     tokens,
     withholds_correction,
 )
-from eval.modes import FUNCTION_WORDS, classify_mode, explicit_phrases, reply_languages, uptake
+from common.modes import (
+    FUNCTION_WORDS,
+    OVER_CORRECTION_LABELS,
+    classify_mode,
+    explicit_phrases,
+    reply_languages,
+    uptake,
+)
 
 # -- error echo ------------------------------------------------------------------------------------
 
@@ -225,9 +232,6 @@ METRICS: tuple[Metric, ...] = (
 CORE_WEIGHT = 2 / 3  # the correction counts twice as much as the conversation around it
 YES_NO = tuple(m.name for m in METRICS)
 HIGHER_IS_BETTER = {m.name: m.higher_is_better for m in METRICS}
-OVER_CORRECTION_LABELS = frozenset(
-    {"explicit_correction", "metalinguistic", "elicitation", "recast"}
-)
 
 
 def score_reply(

@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 
 from common.files import sha256_file
+from common.metrics import target_form
+from common.modes import MODES
 from common.paths import tutor_home
-from eval.metrics import target_form
-from eval.modes import MODES
 
 RECIPES = Path(__file__).resolve().parent / "suites"
 DEFAULT_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 96}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.metrics import contains_correction, contains_correction_in_context
+from common.modes import LABELS, classify_mode, confusion_matrix
 from eval.diversity import distinct_n, diversity, mode_collapse, repeated_openings
-from eval.metrics import contains_correction, contains_correction_in_context
-from eval.modes import LABELS, classify_mode, confusion_matrix
 from eval.replies import (
     METRICS,
     error_echo,

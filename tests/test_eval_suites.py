@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.metrics import target_form
 from common.paths import data_dir
-from eval.metrics import target_form
 from eval.suites import SuiteError, build_suite, built_versions, load_suite
 from train.data import is_eval, load_split
 

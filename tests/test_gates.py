@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.metrics import (
+from common.metrics import (
     contains_correction,
     detect_language,
     explicit_corrections,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.metrics import conversation_recasts, recast_forms, recast_pairs, tokenize
+from common.metrics import conversation_recasts, recast_forms, recast_pairs, tokenize
 
 CASES = [
     # (learner, tutor reply, expected (learner form, tutor form) pairs)

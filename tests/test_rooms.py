@@ -23,7 +23,7 @@ def imported_rooms(path) -> set[str]:
 
 def test_the_bottom_room_imports_no_other_room() -> None:
     modules = sorted((REPO / "common").glob("*.py"))
-    assert len(modules) >= 4  # __init__, files, paths, net
+    assert len(modules) >= 6  # __init__, files, paths, net, metrics, modes
     for path in modules:
         assert imported_rooms(path) <= {"common"}, path
 
@@ -35,3 +35,11 @@ def test_train_and_eval_take_their_files_and_folders_from_the_bottom_room() -> N
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module == "train.data":
                 assert not moved & {a.name for a in node.names}, path
+
+
+def test_train_and_ui_use_the_pedagogy_metrics_from_the_bottom_room() -> None:
+    """The recast and move checks that train's gates and eval both apply live in common/
+    (metrics, modes): neither train nor the UI imports eval."""
+    for room in ("train", "ui"):
+        for path in sorted((REPO / room).rglob("*.py")):
+            assert "eval" not in imported_rooms(path), path

@@ -20,7 +20,7 @@ from adapters.shipped import MANIFEST, read_manifest, register_shipped
 from adapters.validation import validate_adapter
 from adapters.variants import Catalogue
 from common.files import sha256_file
-from eval.metrics import detect_language
+from common.metrics import detect_language
 from server.app import create_app
 from server.grounding import corrector_max_tokens, plausible
 from server.settings import DEFAULT_CATALOGUE, REPO, Settings

@@ -6,9 +6,8 @@ import random
 
 import pytest
 
-from eval.metrics import contains_correction, withholds_correction
-from eval.modes import classify_mode
-from eval.replies import OVER_CORRECTION_LABELS
+from common.metrics import contains_correction, withholds_correction
+from common.modes import OVER_CORRECTION_LABELS, classify_mode
 from train.data import ErrorRecord
 from train.gates import row_failures
 from train.synth import (

@@ -214,7 +214,7 @@ def test_chat_streams_switches_adapter_and_starts_over(browser, gateway, ui) -> 
 
 
 def test_what_did_i_get_wrong_panel(browser, ui) -> None:
-    from eval.metrics import conversation_recasts
+    from common.metrics import conversation_recasts
 
     with open_page(browser, ui) as page:
         wait_ready(page)

@@ -129,7 +129,7 @@ def categorize(source: str, target: str, language: str) -> str | None:
     """A coarse error category from the first edit; None when the pair is unchanged."""
     from difflib import SequenceMatcher
 
-    from eval.metrics import tokens
+    from common.metrics import tokens
 
     if source == target:
         return None

@@ -1,4 +1,4 @@
-"""Quality gates for generated dialogues, built on eval/metrics.py so training and evaluation
+"""Quality gates for generated dialogues, built on common/metrics.py so training and evaluation
 judge replies the same way. Every dropped row is counted under the first gate it failed."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.metrics import (
+from common.metrics import (
     contains_correction,
     detect_language,
     explicit_corrections,
@@ -17,8 +17,7 @@ from eval.metrics import (
     message_hash,
     withholds_correction,
 )
-from eval.modes import classify_mode
-from eval.replies import OVER_CORRECTION_LABELS
+from common.modes import OVER_CORRECTION_LABELS, classify_mode
 
 GIVES_FORM = ("recast", "expansion", "confirm")
 WITHHOLDS_FORM = ("elicitation", "metalinguistic")

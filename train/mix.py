@@ -131,7 +131,7 @@ def _count(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
 def sentence_shares(rows: list[dict[str, Any]], top: int = 5) -> list[tuple[str, float]]:
     """The sentences that recur most across the assistant replies, with the share of replies
     that contain each: how "template" a set reads."""
-    from eval.modes import sentences
+    from common.modes import sentences
 
     counts: Counter[str] = Counter()
     replies = 0

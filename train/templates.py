@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from eval.metrics import edit_regions, tokenize
+from common.metrics import edit_regions, tokenize
 
 FOLLOW_UPS = {
     "en": [

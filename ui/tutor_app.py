@@ -15,7 +15,7 @@ import gradio as gr
 import openai
 from fastapi import FastAPI
 
-from eval.metrics import conversation_recasts
+from common.metrics import conversation_recasts
 from ui.client import (
     DEFAULT_VARIANTS,
     LANGUAGE_NAMES,

@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from difflib import SequenceMatcher
 
-from eval.metrics import (
+from common.metrics import (
     _IS_CJK,
     PERSPECTIVE_SWAPS,
     _token_matches,
@@ -35,6 +35,11 @@ from eval.metrics import (
 )
 
 MODES = ("recast", "expansion", "elicitation", "metalinguistic")
+# What a reply to a correct sentence must not be: a move on an error that is not there
+# (train/gates.py drops such natural turns; eval counts them as over-correction).
+OVER_CORRECTION_LABELS = frozenset(
+    {"explicit_correction", "metalinguistic", "elicitation", "recast"}
+)
 LABELS = (
     "recast",
     "expansion",
