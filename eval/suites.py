@@ -184,7 +184,7 @@ def _context(prev: Any, language: str, key: str) -> tuple[dict[str, str], ...]:
 
 
 def _pool(spec: dict[str, Any], language: str, home: Path | None, exclude: set[str]) -> list[Any]:
-    from train.data import load_split
+    from common.data import load_split
 
     records = []
     for source in spec.get("sources", []):
@@ -375,7 +375,7 @@ def build_suite(
     ``split_home`` is where the fixed split lives (default: ``home``); suites go to ``home``.
     ``version``: the recipe's own (default) or the one it ``extends``.
     """
-    from train.data import split_dir
+    from common.data import split_dir
 
     recipe = load_recipe(recipe_path)
     if version is not None:

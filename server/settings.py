@@ -265,7 +265,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
-    # Training and evaluation data (train/data.py reads TUTOR_DATA_DIR the same way).
+    # Training and evaluation data (common/data.py reads TUTOR_DATA_DIR the same way).
     data_dir: Path | None = Field(
         default=None,
         description="Learner-error data (JFLEG, COWS-L2H, MuCGEC); default <repo>/../shared/data.",

@@ -18,9 +18,9 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from common.data import load_split, write_splits
 from common.files import read_jsonl
 from common.paths import data_dir
-from train.data import load_split, write_splits
 from train.gates import gate
 from train.generate import (
     MODES,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.data import write_splits
 from common.paths import data_dir
-from train.data import write_splits
 from train.generate import generate_dialogues
 from train.mix import RECIPES, Recipe, build_set
 

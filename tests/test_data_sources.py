@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.files import sha256_file
-from common.paths import data_dir
-from train.data import (
+from common.data import (
     ErrorRecord,
     course_learner,
     detokenize_en,
@@ -20,6 +18,8 @@ from train.data import (
     load_split,
     write_splits,
 )
+from common.files import sha256_file
+from common.paths import data_dir
 
 ROOT = data_dir()
 pytestmark = pytest.mark.skipif(not (ROOT / "jfleg").is_dir(), reason=f"no learner data at {ROOT}")

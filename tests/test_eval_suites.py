@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.data import is_eval, load_split
 from common.metrics import target_form
 from common.paths import data_dir
 from eval.suites import SuiteError, build_suite, built_versions, load_suite
-from train.data import is_eval, load_split
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
 

@@ -33,7 +33,7 @@ def test_train_and_eval_take_their_files_and_folders_from_the_bottom_room() -> N
     moved = {"atomic_write_text", "sha256_file", "read_jsonl", "dumps_jsonl", "tutor_home"}
     for path in sorted((REPO / "eval").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "train.data":
+            if isinstance(node, ast.ImportFrom) and node.module == "common.data":
                 assert not moved & {a.name for a in node.names}, path
 
 
@@ -43,3 +43,12 @@ def test_train_and_ui_use_the_pedagogy_metrics_from_the_bottom_room() -> None:
     for room in ("train", "ui"):
         for path in sorted((REPO / room).rglob("*.py")):
             assert "eval" not in imported_rooms(path), path
+
+
+def test_eval_reads_the_learner_data_from_the_bottom_room() -> None:
+    """The split eval's suites are built from (common/data.py) is the one train learns from;
+    eval takes it from common, not from train."""
+    for path in sorted((REPO / "eval").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module != "train.data", path

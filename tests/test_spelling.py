@@ -144,9 +144,9 @@ def test_a_token_s_log_probability_is_its_longest_ranked_start() -> None:
 def test_the_spelling_bench_counts_every_word_the_pass_touches(smollm2_path) -> None:
     """`python -m deploy.bench.spelling` on a few train-split sentences: each way judged on the
     same words, frequency's count the word list's own."""
+    from common.data import load_split
     from deploy.bench.spelling import _words, measure
     from server.spelling import _candidate, _choices
-    from train.data import load_split
 
     records = load_split("jfleg", "train")[:12]
     words = [

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from common.data import ErrorRecord
 from common.metrics import contains_correction, withholds_correction
 from common.modes import OVER_CORRECTION_LABELS, classify_mode
-from train.data import ErrorRecord
 from train.gates import row_failures
 from train.synth import (
     EN_LEARNER_RULES,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from common.data import write_splits
 from common.files import read_jsonl
 from common.paths import data_dir
-from train.data import write_splits
 from train.generate import GenJob, generate_dialogues
 from train.sft import load_config, run_sft
 

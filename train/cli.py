@@ -29,7 +29,7 @@ def data_split(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the fixed train/eval split of each source with its manifest (eval/ reads it)."""
-    from train.data import SOURCES, split_dir, write_splits
+    from common.data import SOURCES, split_dir, write_splits
 
     manifest = write_splits(source or SOURCES, root=data_dir, home=home)
     for name, info in manifest["sources"].items():

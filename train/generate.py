@@ -23,8 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from common.data import ErrorRecord, load_split
 from common.files import atomic_write_text
-from train.data import ErrorRecord, load_split
 from train.synth import derive
 from train.templates import NATURAL_ECHO_SHARE, self_repair, stable_fraction, tutor_reply
 

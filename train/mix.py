@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from common.data import LICENCES, split_dir
 from common.files import atomic_write_text, dumps_jsonl, read_jsonl, sha256_file
 from common.paths import tutor_home
-from train.data import LICENCES, split_dir
 from train.gates import GateReport
 from train.generate import GenJob, variant_language
 

@@ -86,7 +86,7 @@ def _sft(config: Path, overrides: list[str]) -> str:
 
 
 def phases(plan: Plan) -> list[tuple[str, Callable[[], str]]]:
-    from train.data import write_splits
+    from common.data import write_splits
     from train.generate import generate_dialogues
     from train.mix import Recipe, build_set
 

@@ -17,7 +17,7 @@ import random
 import re
 from collections.abc import Callable, Iterable
 
-from train.data import ErrorRecord, categorize
+from common.data import ErrorRecord, categorize
 
 # -- English -----------------------------------------------------------------------------------
 

@@ -36,13 +36,13 @@ from typing import Any
 
 import httpx
 
+from common.net import free_port
 from deploy.bench.common import (
     Group,
     Run,
     chat_body,
     encode_request,
     fmt,
-    free_port,
     install_cleanup,
     machine,
     measure,

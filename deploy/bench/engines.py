@@ -16,13 +16,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from common.net import free_port
 from deploy.bench.common import (
     Group,
     Run,
     chat_body,
     encode_request,
     fmt,
-    free_port,
     install_cleanup,
     machine,
     measure,

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.net import free_port
 from deploy.bench.common import (
     Group,
     chat_body,
     encode_request,
     fmt,
-    free_port,
     install_cleanup,
     machine,
     measure,

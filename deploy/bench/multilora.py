@@ -26,13 +26,13 @@ from typing import Any
 
 import httpx
 
+from common.net import free_port
 from deploy.bench.common import (
     TUTOR_HOME,
     Run,
     chat_body,
     encode_request,
     fmt,
-    free_port,
     install_cleanup,
     machine,
     measure,

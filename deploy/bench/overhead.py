@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.net import free_port
 from deploy.bench.common import (
     REPORTS,
     Group,
@@ -33,7 +34,6 @@ from deploy.bench.common import (
     chat_body,
     encode_request,
     fmt,
-    free_port,
     install_cleanup,
     logs_dir,
     machine,

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.net import free_port
 from deploy.bench.common import (
     REPORTS,
     chat_body,
     encode_request,
     fmt,
-    free_port,
     install_cleanup,
     measure,
     start_fake_upstream,

@@ -28,13 +28,13 @@ from typing import Any
 
 import httpx
 
+from common.net import free_port
 from deploy.bench.common import (
     Result,
     chat_body,
     closed_loop,
     encode_request,
     fmt,
-    free_port,
     install_cleanup,
     machine,
     metric_sum,
