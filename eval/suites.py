@@ -177,7 +177,7 @@ def _interleaved_modes(n: int, modes: list[str], rng: random.Random) -> list[str
 def _context(prev: Any, language: str, key: str) -> tuple[dict[str, str], ...]:
     """An earlier exchange: the learner's previous sentence and a template tutor recast of it
     (train/'s offline generator), so the model answers the last turn of a real conversation."""
-    from train.templates import tutor_reply
+    from common.templates import tutor_reply
 
     reply = tutor_reply("recast", prev.utterance, prev.correction, language, prev.category, key)
     return ({"role": "user", "content": prev.utterance}, {"role": "assistant", "content": reply})

@@ -278,7 +278,7 @@ def test_natural_echo_zero_answers_every_control_with_a_reaction(
 ) -> None:
     """Mandarin Stage 2 controls (natural_echo: 0) never repeat the learner's sentence back; the
     default still echoes some, and leaving the option unset keeps an older job's plan hash."""
-    from train.templates import NATURAL_REACTIONS, NATURAL_REACTIONS_NO_ECHO
+    from common.templates import NATURAL_REACTIONS, NATURAL_REACTIONS_NO_ECHO
 
     base = {"source": "mucgec", "variant": "tutor-zh-l2", "derive": "controls", "limit": 60}
     reactions = tuple(NATURAL_REACTIONS["zh"] + NATURAL_REACTIONS_NO_ECHO["zh"])

@@ -52,3 +52,10 @@ def test_eval_reads_the_learner_data_from_the_bottom_room() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module != "train.data", path
+
+
+def test_train_and_eval_do_not_import_each_other() -> None:
+    """They share the bottom room instead (the developers' guide)."""
+    for room, other in (("train", "eval"), ("eval", "train")):
+        for path in sorted((REPO / room).rglob("*.py")):
+            assert other not in imported_rooms(path), path

@@ -9,6 +9,7 @@ import pytest
 from common.data import ErrorRecord
 from common.metrics import contains_correction, withholds_correction
 from common.modes import OVER_CORRECTION_LABELS, classify_mode
+from common.templates import HINTS, focus, tutor_reply
 from train.gates import row_failures
 from train.synth import (
     EN_LEARNER_RULES,
@@ -19,7 +20,6 @@ from train.synth import (
     inject,
     per_reference,
 )
-from train.templates import HINTS, focus, tutor_reply
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from common.data import ErrorRecord, load_split
 from common.files import atomic_write_text
+from common.templates import NATURAL_ECHO_SHARE, self_repair, stable_fraction, tutor_reply
 from train.synth import derive
-from train.templates import NATURAL_ECHO_SHARE, self_repair, stable_fraction, tutor_reply
 
 MODES = ("recast", "elicitation", "expansion", "metalinguistic")
 TASKS = ("tutor", "correct")

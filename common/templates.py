@@ -1,6 +1,7 @@
-"""The offline dialogue generator: deterministic tutor replies from templates, per language.
-
-It is what runs in tests and when no teacher model is reachable. Every choice (which phrasing,
+"""Deterministic tutor replies from templates, per language: the scaffolding vocabulary of the
+four moves. train's offline dialogue generator writes its dialogues with them (what runs in tests
+and when no teacher model is reachable), and eval's suites give a multi-turn item its earlier
+exchange with them, so both live in the bottom room. Every choice (which phrasing,
 which follow-up question) is a function of the row's id, so the same plan gives the same bytes.
 Replies follow the four moves: a recast and an expansion use the corrected form, an elicitation
 and a metalinguistic hint withhold it (a hint points at the learner's own word, so it is specific
