@@ -22,6 +22,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from adapters.random_lora import make_random_adapter  # noqa: F401 (the tests take it from here)
 from common.net import free_port
 
 
@@ -82,34 +83,6 @@ def serve_process(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def make_random_adapter(base_path: Path, out: Path, *, seed: int, rank: int = 8, **extra) -> Path:
-    """A LoRA adapter with random A and B (not the usual zero B), so it changes the outputs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        init_lora_weights=False,
-        **extra,
-    )
-    model = get_peft_model(base, config)
-    model.save_pretrained(out)
-    return out
 
 
 def spelt(variant, learner: str, base_path: Path) -> str:

@@ -59,3 +59,11 @@ def test_train_and_eval_do_not_import_each_other() -> None:
     for room, other in (("train", "eval"), ("eval", "train")):
         for path in sorted((REPO / room).rglob("*.py")):
             assert other not in imported_rooms(path), path
+
+
+def test_no_room_imports_the_tests() -> None:
+    """What the tests share with the benchmarks (random LoRA adapters) lives in a room both
+    may use (adapters/random_lora.py); the tests package is not installed."""
+    for room in sorted(ROOMS - {"tests"}):
+        for path in sorted((REPO / room).rglob("*.py")):
+            assert "tests" not in imported_rooms(path), path
