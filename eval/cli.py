@@ -32,11 +32,10 @@ def _settings(home: Path | None):  # noqa: ANN202
     return Settings(home=home) if home is not None else Settings()
 
 
-def _registry(required: bool = False, home: Path | None = None):  # noqa: ANN202
-    """The adapter registry of this machine's settings, or None when there is none."""
+def _registry(settings, required: bool = False):  # noqa: ANN001, ANN202
+    """The adapter registry of these settings, or None when there is none."""
     from adapters.registry import Registry
 
-    settings = _settings(home)
     # a PostgreSQL registry (a URL) always exists once reachable; only a file can be absent
     if not required and settings.registry_url is None and not settings.registry_path.exists():
         return None
@@ -142,7 +141,7 @@ def compare(
     from eval.report import write_report
 
     data = load_run(run, home)
-    registry = _registry(required=promote, home=home)
+    registry = _registry(_settings(home), required=promote)
     langs = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
     result = compare_run(
         data,
@@ -204,11 +203,11 @@ def select(
     names = variant or list(SUITE_OF)
     if (candidate or suite) and len(names) != 1:
         raise typer.BadParameter("needs exactly one --variant", param_hint="--candidate/--suite")
-    registry = _registry(required=True, home=home)
+    settings = _settings(home)
+    registry = _registry(settings, required=True)
     log = tutor_home(home) / "logs" / "select-gateway.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     # a gateway started here serves the registry this command promotes in
-    settings = _settings(home)
     serves = {"TUTOR_REGISTRY": str(settings.registry_location)}
     serves["TUTOR_ADAPTER_DIR"] = str(settings.adapter_store)
     gateway = nullcontext(base_url) if base_url else started_gateway(serves, log=log)

@@ -4,6 +4,7 @@ throwaway PostgreSQL server."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import signal
@@ -91,18 +92,21 @@ def spelt(variant, learner: str, base_path: Path) -> str:
     transformers engine's ranking; the vLLM engine's equals it, tests/test_vllm.py)."""
     if not variant.spelling:
         return learner
-    from server.engines.transformers_engine import TransformersEngine
     from server.spelling import fix_spelling_in_context
 
-    async def run() -> str:
-        engine = TransformersEngine(str(base_path))
-        await engine.start()
-        try:
-            return await fix_spelling_in_context(learner, variant.spelling, engine.next_tokens)
-        finally:
-            await engine.aclose()
+    engine = _ranking_engine(str(base_path))
+    return asyncio.run(fix_spelling_in_context(learner, variant.spelling, engine.next_tokens))
 
-    return asyncio.run(run())
+
+@functools.lru_cache(maxsize=2)
+def _ranking_engine(base_path: str):  # noqa: ANN202
+    """One started transformers engine per base model for the whole session: each ``spelt``
+    would otherwise load the model again (its worker thread outlives the event loops)."""
+    from server.engines.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(base_path)
+    asyncio.run(engine.start())
+    return engine
 
 
 def peft_reference(
