@@ -22,7 +22,7 @@ app = typer.Typer(
 
 
 def _registry() -> tuple[Registry, object]:
-    from server.settings import Settings
+    from common.settings import Settings
 
     settings = Settings()
     return Registry.from_settings(settings), settings
@@ -170,7 +170,7 @@ def migrate_registry(
     """
     from adapters.registry import migrate
     from adapters.registry_pg import redact
-    from server.settings import Settings
+    from common.settings import Settings
 
     settings = Settings()
     url = to or settings.registry_url

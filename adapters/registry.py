@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from adapters.validation import AdapterValidationError, validate_adapter
+from common.paths import is_database_url
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -81,17 +82,6 @@ VERSION_COLUMNS = (
 )
 ALIAS_COLUMNS = ("variant", "current", "updated")
 HISTORY_COLUMNS = ("variant", "name", "at")  # without id: a copy renumbers, keeping the order
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_database_url(location: object) -> bool:
-    """True for a PostgreSQL URL; anything else names a SQLite file.
-
-    Only the two URL schemes libpq itself accepts count, so a relative path can never be taken
-    for a database by accident.
-    """
-    return isinstance(location, str) and location.strip().startswith(POSTGRES_SCHEMES)
 
 
 class RegistryError(ValueError):
@@ -638,7 +628,6 @@ __all__ = [
     "Registry",
     "RegistryError",
     "VersionNotFound",
-    "is_database_url",
     "is_within",
     "migrate",
 ]

@@ -24,3 +24,15 @@ def data_dir(explicit: Path | str | None = None) -> Path:
         return Path(explicit).expanduser()
     env = os.environ.get("TUTOR_DATA_DIR")
     return Path(env).expanduser() if env else DEFAULT_DATA_DIR
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(location: object) -> bool:
+    """True for a PostgreSQL URL; anything else names a SQLite file.
+
+    Only the two URL schemes libpq itself accepts count, so a relative path can never be taken
+    for a database by accident.
+    """
+    return isinstance(location, str) and location.strip().startswith(POSTGRES_SCHEMES)

@@ -27,7 +27,7 @@ KeyOpt = Annotated[str, typer.Option(envvar="TUTOR_EVAL_API_KEY", help="bearer k
 def _settings(home: Path | None):  # noqa: ANN202
     """This machine's settings, with ``--home`` as TUTOR_HOME when given: the registry then
     defaults to the one in that home, as everything else the command reads and writes does."""
-    from server.settings import Settings
+    from common.settings import Settings
 
     return Settings(home=home) if home is not None else Settings()
 

@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from adapters.registry import Registry
 from adapters.variants import Catalogue
+from common.settings import Settings
 from server.auth import KeyStore
 from server.engines import Engine, build_engine
 from server.errors import BodyTooLarge, install_error_handlers
@@ -25,7 +26,6 @@ from server.model_store import resolve_model
 from server.observe import RequestObserver
 from server.routes import admin, chat, health, models
 from server.serving import ChatService
-from server.settings import Settings
 from server.timing import ARRIVAL
 from server.tracing import instrument
 

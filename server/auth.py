@@ -24,8 +24,8 @@ import yaml
 from fastapi import Request
 
 from common.files import atomic_write_text
+from common.settings import ApiKey, Settings
 from server.errors import Forbidden, Unauthorized
-from server.settings import ApiKey, Settings
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ log = logging.getLogger("tutor")
 
 
 def _settings(**overrides: Any):
-    from server.settings import Settings
+    from common.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 

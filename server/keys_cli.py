@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from common.settings import ApiKey
 from server.auth import hash_key, load_key_file, new_key, save_key_file
-from server.settings import ApiKey
 
 app = typer.Typer(help="Create, list and revoke API keys (stored as sha256).", no_args_is_help=True)
 FileOpt = Annotated[

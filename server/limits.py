@@ -34,10 +34,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from common.settings import Settings
 from server.auth import Principal
 from server.engines.base import TextDelta
 from server.errors import LimitsUnavailable, RateLimited
-from server.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from adapters.registry import Registry
 from adapters.shipped import register_shipped
 from adapters.validation import AdapterValidationError, validate_adapter
 from adapters.variants import Catalogue, Variant
+from common.settings import Settings
 from server.adapter_manager import AdapterManager
 from server.auth import Principal
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
@@ -27,7 +28,6 @@ from server.grounding import Corrector, Grounding, ground
 from server.limits import Gate, VariantGate
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest
-from server.settings import Settings
 from server.tasks import task_model
 from server.timing import Timing
 

@@ -14,8 +14,8 @@ Open WebUI's own task model setting (``TASK_MODEL_EXTERNAL``) at the base model 
 
 from __future__ import annotations
 
+from common.settings import Settings
 from server.protocol import ChatCompletionRequest
-from server.settings import Settings
 
 # Each entry: strings that must all appear in one user message.
 TASK_MARKERS: tuple[tuple[str, ...], ...] = (

@@ -136,7 +136,7 @@ def peft_replies(
     """What PEFT says each registered version answers ``learner`` under its variant's
     persona; the versions must answer differently, or a test could not tell them apart."""
     from adapters.variants import Catalogue
-    from server.settings import DEFAULT_CATALOGUE
+    from common.settings import DEFAULT_CATALOGUE
 
     catalogue = Catalogue.load(DEFAULT_CATALOGUE)
     expected = {}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from adapters.validation import AdapterValidationError, validate_adapter
+from common.settings import Settings
 from server.app import create_app
 from server.errors import InvalidAdapter
-from server.settings import Settings
 from tests.support import make_random_adapter
 
 

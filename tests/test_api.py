@@ -21,7 +21,7 @@ LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
 
 @pytest.fixture(scope="module")
 def server(tutor_home, tiny_path):
-    from server.settings import Settings
+    from common.settings import Settings
 
     settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
     with running_server(create_app(settings)) as url:
@@ -409,8 +409,8 @@ def test_the_plain_asgi_routes_answer_as_the_fastapi_routes_would(keys, tutor_ho
     status, same error."""
     import hashlib
 
+    from common.settings import Settings
     from server.routes.chat import ChatEndpoint
-    from server.settings import Settings
 
     extra = {}
     if keys:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from server.settings import REPO
+from common.settings import REPO
 
 BENCHES = [
     "overhead",

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
+from common.settings import REPO
 from deploy.capacity import Step, answer
-from server.settings import REPO
 from tests.support import free_port
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"

@@ -57,7 +57,7 @@ def test_version_is_the_installed_distribution_s() -> None:
     import importlib.metadata
     import tomllib
 
-    from server.settings import REPO
+    from common.settings import REPO
 
     result = subprocess.run([TUTOR, "--version"], capture_output=True, text=True, timeout=60)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from adapters.registry import Registry
+from common.settings import REPO, Settings
 from deploy.bench.common import (
     Group,
     logs_dir,
@@ -33,7 +34,6 @@ from deploy.bench.common import (
     vllm_command,
     wait_ready,
 )
-from server.settings import REPO, Settings
 from tests.support import (
     free_port,
     make_random_adapter,

@@ -218,7 +218,7 @@ def test_corrector_turns_and_grounded_dialogues(split_home: Path, tmp_path: Path
     turn answers with the gold correction (a control with the sentence as it stands), and a
     grounded dialogue has the hidden note right after its last learner turn."""
     from adapters.variants import Catalogue
-    from server.settings import DEFAULT_CATALOGUE
+    from common.settings import DEFAULT_CATALOGUE
 
     tutor = Catalogue.load(DEFAULT_CATALOGUE).variants["tutor"]
     for derive in ("references", "controls"):
@@ -306,7 +306,7 @@ def test_note_drops_move_renders_the_prompt_the_gateway_sends(
     system prompt, which is what server/grounding.py sends when its corrector changes nothing;
     without it the hint stays beside the note (the older sets); the option is in the plan hash."""
     from adapters.variants import Catalogue
-    from server.settings import DEFAULT_CATALOGUE
+    from common.settings import DEFAULT_CATALOGUE
 
     variant = Catalogue.load(DEFAULT_CATALOGUE).variants["tutor-zh-l2"]
     hints = {h.strip() for h in variant.scaffolding_hints.values()}

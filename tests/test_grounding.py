@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from adapters.variants import Catalogue
+from common.settings import DEFAULT_CATALOGUE, Settings
 from server.app import create_app
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import EngineError, EngineUnavailable
 from server.grounding import corrector_max_tokens, ground, plausible
-from server.settings import DEFAULT_CATALOGUE, Settings
 from tests.support import peft_reference, running_server, spelt
 
 CATALOGUE = Catalogue.load(DEFAULT_CATALOGUE)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import Settings
 from server import hardware
 from server.engines import vllm_args
 from server.engines.vllm_process import VLLMProcess, cpu_env
-from server.settings import Settings
 
 ZEN4 = "fpu vme avx2 avx512f avx512_bf16 avx512_vnni"  # native bf16
 ZEN2 = "fpu vme avx2 fma"  # no AVX-512, no bf16

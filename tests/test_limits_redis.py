@@ -22,13 +22,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.settings import Settings
 from deploy.bench.fake_upstream import PROMPT_TOKENS, build_app
 from server.app import create_app
 from server.auth import Principal, hash_key
 from server.engines.base import TextDelta
 from server.errors import RateLimited
 from server.limits import RedisLimits
-from server.settings import Settings
 from tests.support import REDIS_SERVER, running_server, start_redis
 
 pytestmark = pytest.mark.skipif(

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import Settings
 from deploy.load import is_loopback, seconds
 from deploy.load_mix import VariantPicker, language, parse_variants
 from server.app import create_app
-from server.settings import Settings
 from tests.support import running_server
 
 REPO = Path(__file__).resolve().parent.parent

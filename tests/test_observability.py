@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 
+from common.settings import ApiKey, Settings
 from server.app import create_app
 from server.auth import hash_key, load_key_file, save_key_file
-from server.settings import ApiKey, Settings
 from tests.support import free_port, running_server, serve_process
 
 CHAT, ADMIN, ES_ONLY = "tk-obs-chat", "tk-obs-admin", "tk-obs-es"

@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 from tests.support import free_port, running_server
 
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
@@ -45,7 +45,7 @@ def test_gateway_reply_equals_upstream_given_the_same_messages(gateway, upstream
     reply = raw.parse()
     # the gateway added the persona; the upstream's bare base model adds nothing
     from adapters.variants import Catalogue
-    from server.settings import DEFAULT_CATALOGUE
+    from common.settings import DEFAULT_CATALOGUE
 
     persona = Catalogue.load(DEFAULT_CATALOGUE).variants["tutor"].system_prompt()
     direct = up.chat.completions.create(

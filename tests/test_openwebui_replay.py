@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 from tests.support import running_server
 
 RECORDED = Path(__file__).parent / "fixtures" / "openwebui-requests.jsonl"

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
 from server.protocol import ChatCompletionRequest
-from server.settings import Settings
 from server.tasks import is_background_task, task_model
 from tests.support import running_server
 

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from adapters.registry import Registry, RegistryError, migrate
+from common.settings import Settings
 from server.adapter_manager import AdapterManager
 from server.engines.base import Engine, GenerationRequest, TextDelta
 from server.metrics import Metrics
-from server.settings import Settings
 from tests.support import TUTOR
 
 
@@ -77,7 +77,7 @@ def test_settings_keep_a_url_a_string_and_a_path_a_path(monkeypatch, tmp_path):
 def test_a_sqlite_registry_never_imports_psycopg(tmp_path):
     code = (
         "import sys; from pathlib import Path; from adapters.registry import Registry; "
-        "from server.settings import Settings; "
+        "from common.settings import Settings; "
         f"r = Registry.from_settings(Settings(home=Path({str(tmp_path)!r}))); r.list(); "
         "assert not any(m.startswith('psycopg') for m in sys.modules), sorted(sys.modules)"
     )

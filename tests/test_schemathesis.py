@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import checks
 
+from common.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 from tests.support import running_server
 
 ADMIN = "tk-fuzz-admin"

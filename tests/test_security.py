@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
 from server.auth import hash_key
-from server.settings import Settings
 from tests.support import TUTOR, free_port, running_server, serve_process
 
 CHAT_KEY, ADMIN_KEY, LIMITED_KEY, TOKEN_KEY = "tk-chat", "tk-admin", "tk-limited", "tk-tokens"
@@ -500,7 +500,7 @@ KEY_CHURN = """
 import sys
 from pathlib import Path
 from server.auth import hash_key, save_key_file
-from server.settings import ApiKey
+from common.settings import ApiKey
 path = Path(sys.argv[1])
 print("ready", flush=True)
 i = 0

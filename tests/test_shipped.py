@@ -15,8 +15,8 @@ from safetensors import safe_open
 from adapters.registry import Registry
 from adapters.shipped import MANIFEST, register_shipped, ship
 from adapters.variants import Catalogue
+from common.settings import DEFAULT_CATALOGUE, Settings
 from server.app import create_app
-from server.settings import DEFAULT_CATALOGUE, Settings
 from tests.support import make_random_adapter, running_server
 
 BASE_ID = "tiny-qwen3"

@@ -21,9 +21,9 @@ from adapters.validation import validate_adapter
 from adapters.variants import Catalogue
 from common.files import sha256_file
 from common.metrics import detect_language
+from common.settings import DEFAULT_CATALOGUE, REPO, Settings
 from server.app import create_app
 from server.grounding import corrector_max_tokens, plausible
-from server.settings import DEFAULT_CATALOGUE, REPO, Settings
 from tests.support import free_port, peft_reference, running_server, spelt
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"

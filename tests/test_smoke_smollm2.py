@@ -7,8 +7,8 @@ import re
 import openai
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 from tests.support import running_server
 
 COMMON_ENGLISH = {

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
 from server.engines.base import Engine, GenerationRequest, TextDelta
 from server.engines.transformers_engine import TransformersEngine
 from server.errors import EngineError
-from server.settings import Settings
 from tests.support import running_server
 
 BODY = {

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 from tests.support import running_server
 
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]

@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from common.settings import Settings
 from server import tracing
 from server.app import create_app
-from server.settings import Settings
 from tests.support import running_server
 
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]

@@ -11,7 +11,7 @@ import yaml
 
 from adapters.registry import Registry
 from common.paths import data_dir
-from server.settings import Settings
+from common.settings import Settings
 from train.pipeline import Plan, run_all
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")

@@ -79,8 +79,8 @@ def _reply(url: str, model: str) -> str:
 
 def test_stage1_then_stage2_registered_served_and_exported(home: Path) -> None:
     from adapters.registry import Registry
+    from common.settings import Settings
     from server.app import create_app
-    from server.settings import Settings
     from tests.support import running_server
     from train.export import export_ollama
 
@@ -201,7 +201,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(home: Path) -> None:
     import time
 
     from adapters.registry import Registry
-    from server.settings import Settings
+    from common.settings import Settings
 
     repo = Path(__file__).resolve().parent.parent
     train = _dialogues(home, "tutor-zh-l2", "train", 8)

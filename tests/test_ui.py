@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 from tests.support import free_port, running_server
 from ui.client import DEFAULT_VARIANTS, ReplyInfo, TutorClient, api_base, friendly_error
 from ui.tutor_app import corrections_markdown, pick_variant

@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
+from common.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 from tests.support import free_port, running_server
 
 if TYPE_CHECKING:

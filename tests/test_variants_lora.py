@@ -9,8 +9,8 @@ import openai
 import pytest
 
 from adapters.variants import Catalogue
+from common.settings import DEFAULT_CATALOGUE, Settings
 from server.app import create_app
-from server.settings import DEFAULT_CATALOGUE, Settings
 from tests.support import peft_reference, running_server
 
 LEARNER = [{"role": "user", "content": "Ayer yo voy a la playa con mi amigos."}]

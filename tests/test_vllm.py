@@ -19,10 +19,10 @@ import openai
 import pytest
 
 from adapters.registry import Registry
+from common.settings import REPO, Settings
 from server.app import create_app
 from server.engines.transformers_engine import TransformersEngine
 from server.engines.vllm_engine import VLLMEngine
-from server.settings import REPO, Settings
 from tests.support import free_port, make_random_adapter, peft_replies, running_server
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"

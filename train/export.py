@@ -23,7 +23,7 @@ def _adapter_path(ref: str, home: Path | None) -> Path:
     if Path(ref).expanduser().is_dir():
         return Path(ref).expanduser().resolve()
     from adapters.registry import Registry
-    from server.settings import Settings
+    from common.settings import Settings
 
     return Registry.from_settings(Settings(home=tutor_home(home))).get(ref).path
 

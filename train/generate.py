@@ -287,7 +287,7 @@ def system_prompt_for(variant_id: str, mode: str, key: str, catalogue: Path | No
     a hint half of the time, because recasting is what a variant does when nobody asks. An
     error-free turn (``natural``) comes half the time with no hint and half with any of the four:
     a learner who asked for recasts and wrote a correct sentence gets no correction."""
-    from server.settings import DEFAULT_CATALOGUE
+    from common.settings import DEFAULT_CATALOGUE
 
     variant = _catalogue(catalogue or DEFAULT_CATALOGUE).variants[variant_id]
     if mode in ("recast", "natural") and stable_fraction(f"hint:{key}") < 0.5:
@@ -309,7 +309,7 @@ def _catalogue(path: Path) -> Any:
 
 
 def variant_language(variant_id: str, catalogue: Path | None = None) -> str:
-    from server.settings import DEFAULT_CATALOGUE
+    from common.settings import DEFAULT_CATALOGUE
 
     return _catalogue(catalogue or DEFAULT_CATALOGUE).variants[variant_id].language
 
@@ -323,7 +323,7 @@ def origin(rec: ErrorRecord) -> str:
 
 
 def _variant(variant_id: str) -> Any:
-    from server.settings import DEFAULT_CATALOGUE
+    from common.settings import DEFAULT_CATALOGUE
 
     return _catalogue(DEFAULT_CATALOGUE).variants[variant_id]
 

@@ -263,7 +263,7 @@ def heldout_nll(model: Any, encoded: list[tuple[list[int], list[int]]]) -> float
 
 def _registry(cfg: SFTRunConfig) -> Any:
     from adapters.registry import Registry
-    from server.settings import Settings
+    from common.settings import Settings
 
     settings = Settings(home=cfg.home)
     return Registry.from_settings(settings), settings

@@ -252,10 +252,10 @@ def vllm_command(
     speculation: str = "off",
 ) -> list[str]:
     """vLLM's command line, built by the same function the managed engine uses."""
+    from common.settings import Settings
     from server.engines import vllm_args
     from server.engines.vllm_process import VLLMProcess
     from server.model_store import resolve_model
-    from server.settings import Settings
 
     settings = Settings(
         home=TUTOR_HOME,

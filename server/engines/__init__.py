@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from common.settings import Settings
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.hardware import choose_block_size, choose_speculation, has_gpu, machine_dtype
-from server.settings import Settings
 
 __all__ = [
     "AdapterRef",

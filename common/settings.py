@@ -14,10 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adapters.registry import is_database_url
-from common.paths import DEFAULT_HOME
+from common.paths import DEFAULT_HOME, REPO, is_database_url
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOGUE = REPO / "adapters" / "catalogue.yaml"
 
 
