@@ -8,7 +8,7 @@
 # and its CUDA libraries live in the vLLM container, so this image has no torch at all and the
 # gateway imports none at start-up. full runs the model itself on CPU (the default SmolLM2).
 # Everything is configured by TUTOR_* variables (README.md, "Settings"); nothing is baked in.
-# No Docker engine runs on the development machine: tests/test_deploy_files.py checks this file
+# No Docker engine runs on the development machine: tests/deploy/test_deploy_files.py checks this file
 # with hadolint and the slim requirements against pyproject.toml, but nothing here is built in CI.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

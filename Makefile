@@ -54,7 +54,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Debian's Chromium for tests/test_ui_browser.py; does nothing when it is already there.
+# Debian's Chromium for tests/ui/test_ui_browser.py; does nothing when it is already there.
 browser:
 	@if [ -x /usr/bin/chromium ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
@@ -63,7 +63,7 @@ browser:
 	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "no /usr/bin/chromium and no root for apt-get: the browser test will be skipped"; fi
 
-# Debian's PostgreSQL 15 and redis-server for tests/test_cluster.py, test_registry_pg.py and
+# Debian's PostgreSQL 15 and redis-server for tests/deploy/test_cluster.py, test_registry_pg.py and
 # test_limits_redis.py (the fixtures start their own servers in temp dirs, as a non-root user);
 # does nothing when both are there. --reinstall: a package dpkg lists as installed can lack its
 # binary (seen here with redis-server).

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         default=0.5,
         description="Seconds between checks for promotions made by other processes (another "
         "gateway, the CLI): a stat of the SQLite file or a one-row query on PostgreSQL, so a "
-        "promotion reaches every gateway within a second (tests/test_cluster.py).",
+        "promotion reaches every gateway within a second (tests/deploy/test_cluster.py).",
     )
     admin_key: SecretStr | None = Field(
         default=None, description="Bearer key for /admin; the admin API is off without one."

@@ -64,7 +64,7 @@ def choose_block_size(requested: int | None, *, gpu: bool) -> int | None:
 # tutor's first token 21% sooner for one learner, capacity at TTFT p95 <= 2 s 4 -> 8 learners;
 # it costs a fifth of the throughput at 8 simultaneous streams with no think time. Not the
 # default: with it, a client's disconnect failed to abort vLLM's generation in 1 of 6 runs of
-# tests/test_vllm.py. Not measured on a GPU, so ``auto`` leaves it off there.
+# tests/server/test_vllm.py. Not measured on a GPU, so ``auto`` leaves it off there.
 NGRAM = json.dumps(
     {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 )

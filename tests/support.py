@@ -89,7 +89,7 @@ def serve_process(
 def spelt(variant, learner: str, base_path: Path) -> str:
     """The sentence the gateway's corrector turn is asked about (server/grounding.py): after the
     spelling pass where the variant's language has one, in context with the base model (the
-    transformers engine's ranking; the vLLM engine's equals it, tests/test_vllm.py)."""
+    transformers engine's ranking; the vLLM engine's equals it, tests/server/test_vllm.py)."""
     if not variant.spelling:
         return learner
     from server.spelling import fix_spelling_in_context

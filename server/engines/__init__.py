@@ -71,7 +71,7 @@ def vllm_args(settings: Settings, source: str, public_id: str) -> list[str]:
         "--disable-uvicorn-access-log",
         # JSON mode without free whitespace: a small model otherwise pads a constrained reply
         # with blank lines up to max_tokens and the client gets JSON that never closes
-        # (tests/test_vllm.py::test_json_mode_and_logprobs_reach_vllm)
+        # (tests/server/test_vllm.py::test_json_mode_and_logprobs_reach_vllm)
         "--structured-outputs-config",
         '{"backend": "xgrammar", "disable_any_whitespace": true}',
         *block_size_args(settings.vllm_block_size),

@@ -315,7 +315,7 @@ def test_openai_sampling_parameters_reach_vllm(gateway, tiny_path):
     """presence/frequency penalties, logit_bias and user are vLLM's to honour, not dropped: a
     penalty changes a greedy reply that repeats itself, a +100 bias on one token makes every
     greedy token that one. Beside speculative decoding (opt-in), which vLLM refuses logit_bias
-    with, it is a 400 naming it before vLLM is asked (tests/test_hardware.py, and below)."""
+    with, it is a 400 naming it before vLLM is asked (tests/server/test_hardware.py, and below)."""
     from transformers import AutoTokenizer
 
     url = gateway["url"]
@@ -439,7 +439,7 @@ def test_tools_are_forwarded_to_vllm(gateway):
 
 def test_legacy_completions_over_vllm(gateway, world):
     """/v1/completions through vLLM: the prompt is the learner's turn, so the greedy text is the
-    chat reply PEFT gives for that adapter (tests/test_completions.py has the rest)."""
+    chat reply PEFT gives for that adapter (tests/server/test_completions.py has the rest)."""
     client = _client(gateway["url"])
     text = LEARNER[0]["content"]
     done = client.completions.create(
@@ -552,8 +552,9 @@ def test_the_managed_vllm_requires_its_key(gateway):
 
 
 def test_vllm_names_its_request_after_the_forwarded_id(gateway):
-    """The gateway forwards a request's x-request-id as X-Request-Id (tests/test_observability.py
-    shows it arrives upstream); this vLLM build takes that header as its request's name."""
+    """The gateway forwards a request's x-request-id as X-Request-Id
+    (tests/server/test_observability.py shows it arrives upstream); this vLLM build takes that
+    header as its request's name."""
     base = f"http://127.0.0.1:{gateway['settings'].vllm_port}/v1"
     body = {"model": "tiny-qwen3", "messages": LEARNER, "max_tokens": 2}
     headers = {"Authorization": f"Bearer {VLLM_KEY}", "X-Request-Id": "turn-42"}

@@ -10,7 +10,7 @@ from openai import OpenAI
 
 from common.data import write_splits
 from common.files import read_jsonl
-from common.paths import data_dir
+from common.paths import REPO, data_dir
 from train.generate import GenJob, generate_dialogues
 from train.sft import load_config, run_sft
 
@@ -179,7 +179,7 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
     from train.sft import config_help
 
     cfg = load_config(
-        Path(__file__).resolve().parent.parent / "train/configs/stage1-smollm2.yaml",
+        REPO / "train/configs/stage1-smollm2.yaml",
         ["training.max_steps=7", "lora.r=4", "run.name=x"],
     )
     assert cfg.training["max_steps"] == 7 and cfg.lora.r == 4 and cfg.run.name == "x"
@@ -203,7 +203,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(home: Path) -> None:
     from adapters.registry import Registry
     from common.settings import Settings
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     train = _dialogues(home, "tutor-zh-l2", "train", 8)
     eval_ = _dialogues(home, "tutor-zh-l2", "eval", 2)
     run_dir = home / "runs" / "resume-test"

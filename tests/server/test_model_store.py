@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.paths import REPO
 from server.model_store import (
     COMPLETE_MARKER,
     ModelUnavailable,
@@ -36,9 +37,7 @@ build_atomically(Path(sys.argv[1]), build)
 def test_a_killed_build_leaves_no_half_folder_and_a_rerun_completes(tmp_path: Path):
     target = tmp_path / "models" / "m"
     flag = tmp_path / "started"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_BUILD, str(target), str(flag)], cwd=Path(__file__).parents[1]
-    )
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(target), str(flag)], cwd=REPO)
     deadline = time.monotonic() + 30
     while not flag.exists():
         assert time.monotonic() < deadline and proc.poll() is None

@@ -2,7 +2,7 @@
 
 Every test here runs on both backends, SQLite and a real PostgreSQL (``registry`` is
 parametrised); what only PostgreSQL has (several gateways at once, migration) is in
-tests/test_registry_pg.py.
+tests/adapters/test_registry_pg.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from adapters.registry import Registry, RegistryError, VersionNotFound
 from adapters.validation import AdapterValidationError
+from common.paths import REPO
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def test_state_survives_kill_9_in_the_middle_of_promotions(registry, adapters_in
             [sys.executable, "-c", CHURN, str(registry.location), str(registry.store), *names],
             stdout=subprocess.PIPE,
             text=True,
-            cwd=Path(__file__).parents[1],
+            cwd=REPO,
         )
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.3 + 0.17 * round_)

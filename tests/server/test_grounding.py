@@ -118,8 +118,8 @@ def test_the_corrector_sees_the_sentence_after_the_spelling_pass() -> None:
 
 class RankingCorrectorEngine(ScriptedCorrectorEngine):
     """Fake: also ranks next tokens, putting " we" first (or failing, as a vLLM that refuses
-    the call would); SmolLM2's real ranking is in tests/test_spelling.py, vLLM's in
-    tests/test_vllm.py."""
+    the call would); SmolLM2's real ranking is in tests/server/test_spelling.py, vLLM's in
+    tests/server/test_vllm.py."""
 
     ranks_next_tokens = True
 
@@ -156,7 +156,7 @@ def test_the_spelling_pass_asks_the_engine_where_it_ranks_and_may(in_context, fa
 
 class DroppingEngine(ScriptedCorrectorEngine):
     """Fake: cuts its first ``cuts`` answers after one delta, as a vLLM replica killed mid-turn
-    does (the real kill is in tests/test_cluster.py)."""
+    does (the real kill is in tests/deploy/test_cluster.py)."""
 
     def __init__(self, correction: str, cuts: int) -> None:
         super().__init__(correction)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common.paths import REPO
 
 
 def test_quick_soak_serves_everything_through_promotions(tmp_path, tiny_path):

@@ -1,4 +1,5 @@
-"""A request's `tools` under each TUTOR_TOOLS mode (the vLLM forward path: tests/test_vllm.py)."""
+"""A request's `tools` under each TUTOR_TOOLS mode (the vLLM forward path:
+tests/server/test_vllm.py)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from common.paths import REPO
+
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 TORCH_STACK = {"torch", "transformers", "peft", "safetensors", "gguf"}

@@ -10,17 +10,16 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from common.paths import REPO
 from common.settings import Settings
 from deploy.load import is_loopback, seconds
 from deploy.load_mix import VariantPicker, language, parse_variants
 from server.app import create_app
 from tests.support import running_server
 
-REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2")
 
 

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from common.paths import REPO
 from common.settings import Settings
 from server.app import create_app
 from server.auth import hash_key
@@ -520,7 +520,7 @@ def test_key_file_survives_kill_9_mid_write(tmp_path):
             [sys.executable, "-c", KEY_CHURN, str(path)],
             stdout=subprocess.PIPE,
             text=True,
-            cwd=Path(__file__).parents[1],
+            cwd=REPO,
         )
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(delay)

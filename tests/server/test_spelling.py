@@ -1,6 +1,6 @@
 """The spelling pass before the English corrector turn: the real word list (pyspellchecker), and
 the real SmolLM2 choosing a spelling in context through the transformers engine (the vLLM
-engine gives the same ranking: tests/test_vllm.py)."""
+engine gives the same ranking: tests/server/test_vllm.py)."""
 
 from __future__ import annotations
 

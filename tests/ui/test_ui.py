@@ -12,19 +12,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from common.paths import REPO
 from common.settings import Settings
 from server.app import create_app
 from tests.support import free_port, running_server
 from ui.client import DEFAULT_VARIANTS, ReplyInfo, TutorClient, api_base, friendly_error
 from ui.tutor_app import corrections_markdown, pick_variant
 
-REPO = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "Hello! I am learn English."}]
 
 

@@ -1,7 +1,7 @@
 """The replica router's policy (server/engines/routing.py): pure decisions, no servers; and
 how a replica set finds its replicas by DNS (one real HTTP server).
 
-The real replicas are in tests/test_cluster.py; here each rule is checked on its own, with
+The real replicas are in tests/deploy/test_cluster.py; here each rule is checked on its own, with
 loads and residency set by hand, so a rule that breaks names itself.
 """
 

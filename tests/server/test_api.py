@@ -327,7 +327,7 @@ def test_server_timing_splits_the_wait_for_the_first_token(server, client):
 )
 def test_parameters_this_engine_cannot_honour_are_a_400_naming_them(client, extra, param):
     """Never answered as if they had not been sent: structured output is vLLM's
-    (tests/test_vllm.py); bad values are a 400 on any engine."""
+    (tests/server/test_vllm.py); bad values are a 400 on any engine."""
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="tutor", messages=LEARNER, max_tokens=2, extra_body=extra

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.paths import REPO
 from common.settings import Settings
 from deploy.bench.fake_upstream import PROMPT_TOKENS, build_app
 from server.app import create_app
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.skipif(
     not Path(REDIS_SERVER).is_file(), reason=f"no redis-server binary at {REDIS_SERVER}"
 )
 
-REPO = Path(__file__).resolve().parents[1]
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
 MODEL = "fake-model"  # the upstream's base model, as the gateway serves it
 TOKENS = 4000  # the longest reply the fake upstream makes

@@ -1,7 +1,7 @@
 """The registry in a real PostgreSQL (``postgres_server``/``pg_url`` in conftest.py): what only a
 shared registry has. Several gateways writing at once, seeing each other's promotions, the
 migration from SQLite, and the settings that pick the backend. The operations themselves run on
-both backends in tests/test_registry.py."""
+both backends in tests/adapters/test_registry.py."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from adapters.registry import Registry, RegistryError, migrate
+from common.paths import REPO
 from common.settings import Settings
 from server.adapter_manager import AdapterManager
 from server.engines.base import Engine, GenerationRequest, TextDelta
@@ -82,7 +83,7 @@ def test_a_sqlite_registry_never_imports_psycopg(tmp_path):
         "assert not any(m.startswith('psycopg') for m in sys.modules), sorted(sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k != "TUTOR_REGISTRY"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
 
 
 def test_an_unreachable_database_is_a_clear_error_without_the_password(tmp_path, postgres_server):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.paths import REPO
 from eval.arena import CHOICES, VoteStore, export_dpo
 
 WRITER = """
@@ -35,7 +36,7 @@ def test_votes_survive_kill_9_mid_write(tmp_path: Path):
             [sys.executable, "-c", WRITER, str(path)],
             stdout=subprocess.PIPE,
             text=True,
-            cwd=Path(__file__).parents[1],
+            cwd=REPO,
         )
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(delay)

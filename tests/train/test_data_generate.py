@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from common.data import load_split, write_splits
 from common.files import read_jsonl
-from common.paths import data_dir
+from common.paths import REPO, data_dir
 from train.gates import gate
 from train.generate import (
     MODES,
@@ -32,7 +32,6 @@ from train.generate import (
     plan,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
 
 
