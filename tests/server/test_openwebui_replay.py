@@ -85,7 +85,7 @@ def test_an_error_mid_stream_reaches_the_open_webui_user_as_text(tutor_home, tin
     Open WebUI shows in the chat (its message, as text), after the text so far and before
     [DONE]; then the gateway answers the next request as usual."""
     from server.engines.transformers_engine import TransformersEngine
-    from tests.test_stream_errors import FaultInjectingEngine
+    from tests.server.test_stream_errors import FaultInjectingEngine
 
     recorded = next(r for r in _requests() if (r["body"] or {}).get("stream"))
     body = {**recorded["body"], "model": "tutor-es-l2", "max_tokens": 12, "temperature": 1.0}
