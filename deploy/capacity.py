@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 import psutil
 
-from deploy.bench.common import fmt
+from deploy.bench.report import fmt
 from deploy.load import answers, is_loopback, locust_command, seconds, start_gateway
 from deploy.load_mix import DEFAULT_VARIANTS
 

@@ -37,23 +37,11 @@ from typing import Any
 import httpx
 
 from common.net import free_port
-from deploy.bench.common import (
-    Group,
-    Run,
-    chat_body,
-    encode_request,
-    fmt,
-    install_cleanup,
-    machine,
-    measure,
-    ms,
-    pct,
-    start_gateway,
-    start_vllm,
-    stop_all,
-    table,
-    write_report,
-)
+from deploy.bench.loadgen import Run, chat_body, encode_request, measure
+from deploy.bench.processes import Group, install_cleanup, stop_all
+from deploy.bench.report import fmt, machine, table, write_report
+from deploy.bench.servers import start_gateway, start_vllm
+from deploy.bench.stats import ms, pct
 from server.timing import PHASES
 
 MODEL = "smollm2-135m-instruct"

@@ -17,23 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from common.net import free_port
-from deploy.bench.common import (
-    Group,
-    Run,
-    chat_body,
-    encode_request,
-    fmt,
-    install_cleanup,
-    machine,
-    measure,
-    ms,
-    pct,
-    start_gateway,
-    start_vllm,
-    stop_all,
-    table,
-    write_report,
-)
+from deploy.bench.loadgen import Run, chat_body, encode_request, measure
+from deploy.bench.processes import Group, install_cleanup, stop_all
+from deploy.bench.report import fmt, machine, table, write_report
+from deploy.bench.servers import start_gateway, start_vllm
+from deploy.bench.stats import ms, pct
 
 
 def stats(runs: list[Run]) -> dict[str, Any]:

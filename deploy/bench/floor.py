@@ -16,14 +16,14 @@ from typing import Any
 
 import uvicorn
 
-from server.engines.openai_engine import _Pool
+from server.engines.http_pool import Pool
 
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _JSON = [(b"content-type", b"application/json")]
 
 
 def relay(upstream: str) -> Any:
-    pool: _Pool | None = None
+    pool: Pool | None = None
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         nonlocal pool
@@ -31,7 +31,7 @@ def relay(upstream: str) -> Any:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    pool = _Pool(upstream, api_key="floor", timeout=120.0, connect_timeout=5.0)
+                    pool = Pool(upstream, api_key="floor", timeout=120.0, connect_timeout=5.0)
                     await send({"type": "lifespan.startup.complete"})
                 else:
                     if pool is not None:

@@ -20,21 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from common.net import free_port
-from deploy.bench.common import (
-    Group,
-    chat_body,
-    encode_request,
-    fmt,
-    install_cleanup,
-    machine,
-    measure,
-    start_fake_upstream,
-    start_gateway,
-    start_vllm,
-    stop_all,
-    table,
-    write_report,
-)
+from deploy.bench.loadgen import chat_body, encode_request, measure
+from deploy.bench.processes import Group, install_cleanup, stop_all
+from deploy.bench.report import fmt, machine, table, write_report
+from deploy.bench.servers import start_fake_upstream, start_gateway, start_vllm
 
 
 def peak_during(groups: dict[str, Group], work) -> tuple[dict[str, dict[str, float]], Any]:

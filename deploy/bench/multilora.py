@@ -27,23 +27,12 @@ from typing import Any
 import httpx
 
 from common.net import free_port
-from deploy.bench.common import (
-    TUTOR_HOME,
-    Run,
-    chat_body,
-    encode_request,
-    fmt,
-    install_cleanup,
-    machine,
-    measure,
-    ms,
-    pct,
-    scratch_dir,
-    start_vllm,
-    stop_all,
-    table,
-    write_report,
-)
+from deploy.bench.loadgen import Run, chat_body, encode_request, measure
+from deploy.bench.paths import TUTOR_HOME, scratch_dir
+from deploy.bench.processes import install_cleanup, stop_all
+from deploy.bench.report import fmt, machine, table, write_report
+from deploy.bench.servers import start_vllm
+from deploy.bench.stats import ms, pct
 
 CONFIGS = ("base", "one", "mixed")
 

@@ -27,27 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from common.net import free_port
-from deploy.bench.common import (
-    REPORTS,
-    Group,
-    Run,
-    chat_body,
-    encode_request,
-    fmt,
-    install_cleanup,
-    logs_dir,
-    machine,
-    measure,
-    ms,
-    pct,
-    start_fake_upstream,
-    start_gateway,
-    start_vllm,
-    stop_all,
-    table,
-    wait_ready,
-    write_report,
-)
+from deploy.bench.loadgen import Run, chat_body, encode_request, measure
+from deploy.bench.paths import REPORTS, logs_dir
+from deploy.bench.processes import Group, install_cleanup, stop_all, wait_ready
+from deploy.bench.report import fmt, machine, table, write_report
+from deploy.bench.servers import start_fake_upstream, start_gateway, start_vllm
+from deploy.bench.stats import ms, pct
 
 CONCURRENCY = (1, 8, 32)
 MODES = ("nonstream", "stream")

@@ -23,19 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from common.net import free_port
-from deploy.bench.common import (
-    REPORTS,
-    chat_body,
-    encode_request,
-    fmt,
-    install_cleanup,
-    measure,
-    start_fake_upstream,
-    start_gateway,
-    stop_all,
-    table,
-    write_report,
-)
+from deploy.bench.loadgen import chat_body, encode_request, measure
+from deploy.bench.paths import REPORTS
+from deploy.bench.processes import install_cleanup, stop_all
+from deploy.bench.report import fmt, table, write_report
+from deploy.bench.servers import start_fake_upstream, start_gateway
 
 # innermost-frame file patterns -> component, first match wins
 COMPONENTS = [

