@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 base_source=base_source,
                 metrics=app.state.metrics,
                 registry=registry,
-                gate=limiter,
+                limits=limiter,
             )
             await service.start()
             app.state.service = service

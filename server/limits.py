@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from common.settings import Settings
 from server.auth import Principal
@@ -116,17 +116,12 @@ def _counted(delta: TextDelta, counted: int) -> int:
     return counted
 
 
-class Gate(Protocol):
-    """Per-variant concurrency, as ChatService uses it around each generation."""
-
-    def slot(self, variant: str) -> AbstractAsyncContextManager[None]: ...
-
-
 class Limits(ABC):
     """Key limits and variant quotas, whoever keeps the counts.
 
-    The route calls ``admit`` before any work, then wraps the engine's deltas in ``hold``;
-    ChatService takes a ``slot`` of the variant around each generation.
+    The conductor (``ChatService.open_turn``) calls ``admit`` before any work, then wraps the
+    engine's deltas in ``hold``; ``ChatService.generate`` takes a ``slot`` of the variant around
+    each generation.
     """
 
     # Tokens counted before they are charged: each one in memory, where a charge costs nothing;

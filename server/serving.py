@@ -1,8 +1,10 @@
-"""Tutor logic between the HTTP routes and the engine.
+"""The conductor of a chat request, between the HTTP routes and the engine.
 
-Here a public model id becomes a variant (persona, adapter, defaults), the request becomes chat
-messages and sampling parameters, and the engine's deltas are counted for metrics. Streaming and
-non-streaming replies both come from ``ChatService.generate``.
+``ChatService.open_turn`` takes one request from admission to its first delta: access, the key's
+limits, the public model id resolved to a variant (persona, adapter, defaults), the request made
+chat messages and sampling parameters, the engine started and its first delta in hand. The routes
+only frame what it returns (server/routes/chat.py). Streaming and non-streaming replies both
+come from ``ChatService.generate``, so a non-stream reply is the collected stream.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from server.auth import Principal
 from server.engines.base import AdapterRef, Engine, GenerationRequest, SamplingParams, TextDelta
 from server.errors import Forbidden, InvalidAdapter, InvalidRequest, ModelNotFound
 from server.grounding import Corrector, Grounding, ground
-from server.limits import Gate, VariantGate
+from server.limits import Limiter, Limits
+from server.messages import chat_messages, check_size
 from server.metrics import Metrics
-from server.protocol import ChatCompletionRequest
+from server.protocol import ChatCompletionRequest, completion_id
 from server.tasks import task_model
 from server.timing import Timing
+from server.tracing import trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,19 @@ class Target:
         return self.upstream_model or "base"
 
 
+@dataclass
+class Turn:
+    """A chat request admitted, prepared and started, its first delta in hand: an engine that is
+    down or a bad adapter has already raised, so the client gets a real HTTP status instead of
+    an error hidden inside a 200 stream."""
+
+    target: Target
+    cid: str
+    first: TextDelta
+    deltas: AsyncIterator[TextDelta]  # the rest, metered against the key's limits
+    headers: dict[str, str]  # x-tutor-*: the variant, the adapter version, a cold load, grounding
+
+
 class ChatService:
     def __init__(
         self,
@@ -65,7 +82,7 @@ class ChatService:
         base_source: str,
         metrics: Metrics,
         registry: Registry | None = None,
-        gate: Gate | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -77,8 +94,8 @@ class ChatService:
         self.registry = registry
         self.created = int(time.time())
         self.adapters: AdapterManager | None = None  # None: the upstream owns its adapters
-        # the app's limits (shared through Redis when configured), else a gate of its own
-        self.gate = gate or VariantGate(
+        # the app's limits (shared through Redis when configured), else this service's own
+        self.limits = limits or Limiter(
             settings.variant_concurrency, settings.variant_queue_timeout
         )
 
@@ -127,6 +144,47 @@ class ChatService:
             await self.adapters.aclose()
 
     # -- per request -----------------------------------------------------------------------
+    async def open_turn(
+        self,
+        req: ChatCompletionRequest,
+        principal: Principal,
+        *,
+        timing: Timing,
+        request_id: str | None = None,
+        legacy: bool = False,
+        record: dict[str, Any] | None = None,
+    ) -> Turn:
+        """One chat request from admission to its first delta, in this order: the caller's
+        access to the model, the key's limits, the request prepared, the engine started.
+
+        ``record`` is the request's access-log line (server/observe.py), filled in as the turn
+        gets there, so a request that fails half-way is logged with what it had reached.
+        """
+        record = {} if record is None else record
+        self.check_access(principal, req.model)
+        await self.limits.admit(principal)
+        target, gen_request = await self.prepare(req, principal.name)
+        forward = trace_headers()  # W3C traceparent, when tracing is on
+        if request_id:
+            forward["X-Request-Id"] = request_id
+        gen_request = replace(gen_request, headers=forward)
+        cid = completion_id("cmpl" if legacy else "chatcmpl")
+        record.update(
+            variant=target.model_id, adapter=target.adapter_label, completion_id=cid, timing=timing
+        )
+        deltas = self.limits.hold(principal, self.generate(target, gen_request, timing))
+        try:
+            first = await anext(deltas)
+        except BaseException:
+            await deltas.aclose()
+            raise
+        headers = {"x-tutor-variant": target.model_id, "x-tutor-adapter": target.adapter_label}
+        if "adapter_load_s" in first.extra:  # this request paid for a cold adapter load
+            headers["x-tutor-adapter-load-ms"] = f"{first.extra['adapter_load_s'] * 1000:.1f}"
+        if "grounding" in first.extra:  # changed | unchanged | rejected: what the corrector did
+            headers["x-tutor-grounding"] = record["grounding"] = first.extra["grounding"]
+        return Turn(target, cid, first, deltas, headers)
+
     async def resolve(self, model_id: str) -> Target:
         if model_id == self.base_id:
             return Target(model_id, None, None, None)
@@ -206,11 +264,11 @@ class ChatService:
         self, req: ChatCompletionRequest, client: str = "anonymous"
     ) -> tuple[Target, GenerationRequest]:
         # Open WebUI's title/tags/follow-up requests go to a cheap model (server/tasks.py).
-        self._check_size(req)
+        check_size(req, self.settings)
         target = await self.resolve(task_model(req, self.settings, self.base_id) or req.model)
         target = replace(target, grounded=self._grounded(target, req))
         tools = self._tools(req, target, client)
-        messages = self._messages(target.variant, req, keep_tool_turns=bool(tools))
+        messages = chat_messages(target.variant, req, keep_tool_turns=bool(tools))
         defaults = {**BASE_DEFAULTS, **(target.variant.defaults if target.variant else {})}
         max_tokens = req.max_completion_tokens or req.max_tokens or int(defaults["max_tokens"])
         if max_tokens > self.settings.max_context:
@@ -263,65 +321,6 @@ class ChatService:
             return False
         return target.variant.grounded if req.grounded is None else req.grounded
 
-    def _check_size(self, req: ChatCompletionRequest) -> None:
-        """Limits that keep one request from costing the service too much, each named."""
-        limit = self.settings.max_messages
-        if len(req.messages) > limit:
-            raise InvalidRequest(f"at most {limit} messages per request", param="messages")
-        for i, m in enumerate(req.messages):
-            text = m.text()
-            if len(text) > self.settings.max_content_chars:
-                raise InvalidRequest(
-                    f"message {i} has {len(text)} characters; the limit is "
-                    f"{self.settings.max_content_chars}",
-                    param=f"messages.{i}.content",
-                )
-            if "\x00" in text:
-                raise InvalidRequest(
-                    f"message {i} contains a NUL character", param=f"messages.{i}.content"
-                )
-            if not text.isascii():
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:  # a lone surrogate ("\ud800"): valid JSON, no text
-                    raise InvalidRequest(
-                        f"message {i} is not valid Unicode (a lone surrogate escape)",
-                        param=f"messages.{i}.content",
-                    ) from None
-
-    @staticmethod
-    def _messages(
-        variant: Variant | None, req: ChatCompletionRequest, *, keep_tool_turns: bool = False
-    ) -> list[dict[str, Any]]:
-        """The persona comes first; a client's own system message is kept right after it.
-        With tools forwarded, the tool calls and tool results of the history go along."""
-        client_system = [m.text() for m in req.messages if m.role in ("system", "developer")]
-        roles = ("user", "assistant", "tool") if keep_tool_turns else ("user", "assistant")
-        turns: list[dict[str, Any]] = []
-        for m in req.messages:
-            if m.role not in roles:
-                continue
-            turn: dict[str, Any] = {"role": m.role, "content": m.text()}
-            if keep_tool_turns and m.tool_calls:
-                turn["tool_calls"] = m.tool_calls
-            if keep_tool_turns and m.tool_call_id:
-                turn["tool_call_id"] = m.tool_call_id
-            turns.append(turn)
-        if not any(t["role"] == "user" for t in turns):
-            raise InvalidRequest(
-                "messages must contain at least one user message", param="messages"
-            )
-        for i, m in enumerate(req.messages):
-            if isinstance(m.content, list) and any(p.type != "text" for p in m.content):
-                raise InvalidRequest(
-                    "only text content parts are supported", param=f"messages.{i}.content"
-                )
-        if variant is None:
-            system = "\n\n".join(s for s in client_system if s.strip())
-        else:
-            system = variant.system_prompt(req.scaffolding, req.level, "\n\n".join(client_system))
-        return ([{"role": "system", "content": system}] if system else []) + turns
-
     async def generate(
         self, target: Target, request: GenerationRequest, timing: Timing | None = None
     ) -> AsyncIterator[TextDelta]:
@@ -337,7 +336,7 @@ class ChatService:
         m.in_flight.labels(label).inc()
         try:
             t0 = time.perf_counter()
-            async with self.gate.slot(label):
+            async with self.limits.slot(label):
                 t1 = time.perf_counter()
                 timing.queue = t1 - t0
                 async with self._holding(request.adapter) as load_s:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -23,14 +22,12 @@ from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     TextCompletion,
-    completion_id,
     error_responses,
 )
 from server.routes.deps import ServiceDep, get_service
 from server.serving import ChatService
 from server.streaming import collect, sse_stream
 from server.timing import Timing, arrival
-from server.tracing import trace_headers
 
 router = APIRouter()
 
@@ -221,46 +218,36 @@ async def answer(
     *,
     legacy: bool = False,
 ) -> Response:
-    """One chat request from admission to its response, in the chat or the legacy shape."""
+    """One chat request's HTTP response, in the chat or the legacy shape: the conductor
+    (``ChatService.open_turn``) admits and starts it; this frames its deltas as SSE or JSON."""
     timing = Timing(arrival(request.scope))
     rec = record(request.scope)
     rec.update(key=principal.name, model=body.model, stream=body.stream)
-    service.check_access(principal, body.model)
-    limiter = request.app.state.limiter
-    await limiter.admit(principal)
-    target, gen_request = await service.prepare(body, principal.name)
-    forward = trace_headers()  # W3C traceparent, when tracing is on
-    if rid := request_id(request.scope):
-        forward["X-Request-Id"] = rid
-    gen_request = replace(gen_request, headers=forward)
-    cid = completion_id("cmpl" if legacy else "chatcmpl")
-    rec.update(
-        variant=target.model_id, adapter=target.adapter_label, completion_id=cid, timing=timing
+    turn = await service.open_turn(
+        body,
+        principal,
+        timing=timing,
+        request_id=request_id(request.scope),
+        legacy=legacy,
+        record=rec,
     )
-    deltas = limiter.hold(principal, service.generate(target, gen_request, timing))
-    # Wait for the first delta before answering: an engine that is down or a bad adapter still
-    # gets a real HTTP status instead of an error hidden inside a 200 stream.
-    try:
-        first = await anext(deltas)
-    except BaseException:
-        await deltas.aclose()
-        raise
-    headers = {"x-tutor-variant": target.model_id, "x-tutor-adapter": target.adapter_label}
-    if "adapter_load_s" in first.extra:  # this request paid for a cold adapter load
-        headers["x-tutor-adapter-load-ms"] = f"{first.extra['adapter_load_s'] * 1000:.1f}"
-    if "grounding" in first.extra:  # changed | unchanged | rejected: what the corrector did
-        headers["x-tutor-grounding"] = rec["grounding"] = first.extra["grounding"]
+    headers = turn.headers
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         headers["server-timing"] = timing.server_timing()
         stream = sse_stream(
-            first, deltas, model=body.model, include_usage=include_usage, cid=cid, legacy=legacy
+            turn.first,
+            turn.deltas,
+            model=body.model,
+            include_usage=include_usage,
+            cid=turn.cid,
+            legacy=legacy,
         )
         return _ClosingStreamingResponse(
             stream,
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    reply = await collect(first, deltas, model=body.model, cid=cid, legacy=legacy)
+    reply = await collect(turn.first, turn.deltas, model=body.model, cid=turn.cid, legacy=legacy)
     headers["server-timing"] = timing.server_timing()  # with decode: the reply is complete
     return JSONResponse(reply, headers=headers)
