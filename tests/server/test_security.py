@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from common.paths import REPO
 from common.settings import Settings
@@ -22,6 +29,7 @@ from server.auth import hash_key
 from tests.support import TUTOR, free_port, running_server, serve_process
 
 CHAT_KEY, ADMIN_KEY, LIMITED_KEY, TOKEN_KEY = "tk-chat", "tk-admin", "tk-limited", "tk-tokens"
+BURST_KEY = "tk-burst"  # one request a minute: only the hostile-traffic test uses it
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
 
 
@@ -63,6 +71,7 @@ def keyed(tutor_home, tiny_path):
                 "max_streams": 1,
             },
             {"name": "frugal", "sha256": hash_key(TOKEN_KEY), "scopes": ["chat"], "tpm": 60},
+            {"name": "burst", "sha256": hash_key(BURST_KEY), "scopes": ["chat"], "rpm": 1},
         ],
         public_metrics=False,
         variant_concurrency=1,
@@ -184,36 +193,144 @@ def test_tokens_per_minute_per_key(keyed):
     assert int(r.headers["retry-after"]) >= 1
 
 
-def test_a_busy_variant_gets_429_and_does_not_starve_the_others(keyed):
-    url, _ = keyed
-    long = {
-        "model": "tutor-zh-l2",
-        "messages": LEARNER,
-        "max_tokens": 200,
-        "stream": True,
-        "temperature": 1.0,
-        "seed": 4,
-    }
-    with httpx.stream(
-        "POST", f"{url}/v1/chat/completions", json=long, headers=_auth(CHAT_KEY), timeout=60
-    ) as s:
-        lines = s.iter_lines()
-        next(lines)
-        r = httpx.post(
-            f"{url}/v1/chat/completions",
-            headers=_auth(CHAT_KEY),
-            json={**long, "stream": False, "max_tokens": 2},
+class _HeldUpstream:
+    """An OpenAI-compatible upstream whose streamed replies send one word, then wait until the
+    test calls ``release()``: a generation that is running for exactly as long as a test needs,
+    with no pacing to race against. Non-streamed replies come back at once."""
+
+    MODEL = "held-model"
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.held = 0  # streams waiting for release() right now
+
+    def release(self) -> None:
+        self.released.set()
+
+    def app(self) -> Starlette:
+        def chunk(delta: dict, finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            event = {
+                "id": "chatcmpl-held",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": self.MODEL,
+                "choices": [choice],
+            }
+            return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            if not body.get("stream"):
+                return JSONResponse(
+                    {
+                        "id": "chatcmpl-held",
+                        "object": "chat.completion",
+                        "created": 1700000000,
+                        "model": self.MODEL,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "Hola"},
+                                "logprobs": None,
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+                    }
+                )
+
+            async def events() -> AsyncIterator[bytes]:
+                yield chunk({"role": "assistant", "content": ""})
+                yield chunk({"content": "Hola"})
+                self.held += 1
+                try:
+                    await asyncio.to_thread(self.released.wait, 60)
+                finally:
+                    self.held -= 1
+                yield chunk({"content": " amigo"})
+                yield chunk({}, "stop")
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        async def models(_: Request) -> Response:
+            card = {"id": self.MODEL, "object": "model", "owned_by": "test"}
+            return JSONResponse({"object": "list", "data": [card]})
+
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", chat, methods=["POST"]),
+                Route("/v1/models", models),
+            ]
         )
-        assert _error(r, 429)["code"] == "variant_busy"
-        other = httpx.post(
-            f"{url}/v1/chat/completions",
-            headers=_auth(CHAT_KEY),
-            timeout=60,
-            json={"model": "tutor-es-heritage", "messages": LEARNER, "max_tokens": 2},
+
+
+def test_a_busy_variant_gets_429_and_does_not_starve_the_others() -> None:
+    """Variant quota (one generation per variant, 0.3 s queue): while a tutor-zh-l2 stream is
+    held open by the upstream, exactly the second tutor-zh-l2 request is refused, after its
+    queue wait, with 429 ``variant_busy`` in OpenAI's error shape; tutor-es-heritage is answered
+    while that stream is still generating (the quota starves nobody else); once the stream
+    ends, tutor-zh-l2 is served again (the refusal was the quota, not a broken variant).
+
+    Catches a gate that lets a second generation through, refuses the wrong variant, queues
+    without end, never frees its slot, or serialises other variants behind a busy one. The
+    in-process transformers engine serves one request at a time by design, so this runs the
+    real openai engine in front of an upstream that holds the stream until told: no step waits
+    on a model or on a client timeout (the old version waited ~40 s for the tiny model)."""
+    upstream = _HeldUpstream()
+    body = {"messages": LEARNER, "max_tokens": 2}
+    with running_server(upstream.app()) as up:
+        settings = Settings(
+            engine="openai",
+            model=upstream.MODEL,
+            upstream_url=f"{up}/v1",
+            variant_concurrency=1,
+            variant_queue_timeout=0.3,
         )
-        assert other.status_code == 200
-        for _ in lines:
-            pass
+        with running_server(create_app(settings)) as url:
+            chat = f"{url}/v1/chat/completions"
+            try:
+                long = {**body, "model": "tutor-zh-l2", "stream": True}
+                with httpx.stream("POST", chat, json=long, timeout=10) as s:
+                    assert s.status_code == 200
+                    lines = (x for x in s.iter_lines() if x.startswith("data: "))
+                    while '"Hola"' not in next(lines):  # the word before the upstream holds
+                        pass
+                    assert upstream.held == 1
+
+                    start = time.monotonic()
+                    r = httpx.post(chat, json={**body, "model": "tutor-zh-l2"}, timeout=10)
+                    waited = time.monotonic() - start
+                    err = _error(r, 429)
+                    assert err == {
+                        "message": "tutor-zh-l2 is busy (1 requests running); try again shortly",
+                        "type": "rate_limit_error",
+                        "param": None,
+                        "code": "variant_busy",
+                    }
+                    assert r.headers["retry-after"] == "1"
+                    assert waited >= 0.3  # it queued for its 0.3 s before the refusal
+
+                    other = httpx.post(
+                        chat, json={**body, "model": "tutor-es-heritage"}, timeout=10
+                    )
+                    assert other.status_code == 200, other.text
+                    assert other.headers["x-tutor-variant"] == "tutor-es-heritage"
+                    assert other.json()["choices"][0]["message"]["content"] == "Hola"
+                    assert upstream.held == 1  # answered while tutor-zh-l2 still generates
+
+                    upstream.release()
+                    rest = list(lines)
+            finally:
+                upstream.release()  # before the servers stop, whatever failed
+            assert rest[-1] == "data: [DONE]"
+            finish = [c["finish_reason"] for x in rest[:-1] for c in json.loads(x[6:])["choices"]]
+            assert finish[-1] == "stop"
+            # the stream has ended: its slot is free, the same request is served now
+            again = httpx.post(chat, json={**body, "model": "tutor-zh-l2"}, timeout=10)
+            assert again.status_code == 200, again.text
+            assert again.headers["x-tutor-variant"] == "tutor-zh-l2"
 
 
 def _deep(n: int) -> bytes:
@@ -572,10 +689,39 @@ def test_without_keys_serve_refuses_a_public_host(tutor_home, tiny_path, tmp_pat
         proc.wait(timeout=30)
 
 
-def test_concurrent_hostile_and_good_traffic_leaves_the_server_healthy(keyed):
-    url, _ = keyed
+def _in_flight(url: str) -> float:
+    """Chat requests the gateway is generating now, all variants (its Prometheus gauge)."""
+    text = httpx.get(f"{url}/metrics", headers=_auth(ADMIN_KEY)).text
+    return sum(
+        float(v) for v in re.findall(r"^tutor_requests_in_flight\{[^}]*\} (\S+)$", text, re.M)
+    )
 
-    async def main() -> list[int]:
+
+GOOD_VARIANTS = ("tutor-es-l2", "tutor-zh-l2", "tutor-es-heritage")  # one request each
+
+
+def test_concurrent_hostile_and_good_traffic_leaves_the_server_healthy(
+    keyed: tuple[str, FastAPI],
+) -> None:
+    """Every hostile request is refused with its own 400 (status and param, as one at a time)
+    while good traffic runs beside it, and the good traffic gets exactly what the limits say:
+
+    - CHAT_KEY (no key limits), one request to each of three variants: each variant's single
+      slot is free (nothing in flight before), so each is a 200 chat completion from that
+      variant; a 429 or 5xx here is the gateway wrongly limiting good traffic.
+    - BURST_KEY (1 request a minute, refilled after 60 s), two requests to a fourth variant:
+      exactly one 200 and one 429 ``rate_limit_exceeded`` naming the limit; two 200s is the
+      gateway letting traffic through over its key's limit under load.
+
+    The variants differ so no request can meet the 0.3 s variant queue; the old test
+    accepted 200 or 429 for the good requests, so it could not tell either failure."""
+    url, _ = keyed
+    deadline = time.monotonic() + 30  # an earlier test's cancelled stream may still be ending
+    while _in_flight(url) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _in_flight(url) == 0, "a generation from an earlier test still holds a slot"
+
+    async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, headers=_auth(CHAT_KEY), timeout=60) as c:
             bad = [
                 c.post(
@@ -588,16 +734,49 @@ def test_concurrent_hostile_and_good_traffic_leaves_the_server_healthy(keyed):
             good = [
                 c.post(
                     "/v1/chat/completions",
-                    json={"model": "tutor-es-l2", "messages": LEARNER, "max_tokens": 2},
+                    json={"model": variant, "messages": LEARNER, "max_tokens": 2},
                 )
-                for _ in range(3)
+                for variant in GOOD_VARIANTS
             ]
-            return [r.status_code for r in await asyncio.gather(*bad, *good)]
+            burst = [
+                c.post(
+                    "/v1/chat/completions",
+                    headers=_auth(BURST_KEY),
+                    json={"model": "tutor-zh-heritage", "messages": LEARNER, "max_tokens": 2},
+                )
+                for _ in range(2)
+            ]
+            return list(await asyncio.gather(*bad, *good, *burst))
 
-    codes = asyncio.run(main())
+    replies = asyncio.run(main())
+    codes = [r.status_code for r in replies]
     assert all(c == 400 for c in codes[: len(HOSTILE)])
-    assert all(c in (200, 429) for c in codes[len(HOSTILE) :])
-    assert httpx.get(f"{url}/health").status_code == 200
+    for (name, _, status, param), r in zip(HOSTILE, replies[: len(HOSTILE)], strict=True):
+        err = _error(r, status)
+        if param is not None:
+            assert err["param"] == param, (name, err)
+
+    good = replies[len(HOSTILE) : len(HOSTILE) + len(GOOD_VARIANTS)]
+    assert [r.status_code for r in good] == [200] * len(GOOD_VARIANTS), [r.text for r in good]
+    for variant, r in zip(GOOD_VARIANTS, good, strict=True):
+        reply = r.json()
+        assert r.headers["x-tutor-variant"] == variant
+        assert reply["object"] == "chat.completion" and reply["model"] == variant
+        assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+        assert reply["usage"]["completion_tokens"] <= 2
+
+    burst = replies[len(HOSTILE) + len(GOOD_VARIANTS) :]
+    assert sorted(r.status_code for r in burst) == [200, 429], [r.text for r in burst]
+    limited = next(r for r in burst if r.status_code == 429)
+    err = _error(limited, 429)
+    assert err["type"] == "rate_limit_error" and err["code"] == "rate_limit_exceeded"
+    assert "'burst' is over its 1 requests per minute" in err["message"]
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    served = next(r for r in burst if r.status_code == 200)
+    assert served.headers["x-tutor-variant"] == "tutor-zh-heritage"
+    health = httpx.get(f"{url}/health")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
 
 
 def test_a_huge_number_of_tiny_deltas_arrives_whole():
