@@ -238,7 +238,7 @@ def examples(rows: Sequence[dict[str, Any]], n: int = N_EXAMPLES) -> dict[str, l
 
 
 def _ppl_from_run(version: Any) -> float | None:
-    """The run's metrics.jsonl row for the version's step (train/sft.py writes it)."""
+    """The run's metrics.jsonl row for the version's step (train/sft_checkpoints.py writes it)."""
     source = version.source or {}
     run_dir, step = source.get("run_dir"), source.get("step")
     metrics = Path(run_dir) / "metrics.jsonl" if run_dir else None

@@ -29,7 +29,8 @@ def data_split(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the fixed train/eval split of each source with its manifest (eval/ reads it)."""
-    from common.data import SOURCES, split_dir, write_splits
+    from common.corpora import SOURCES
+    from common.data import split_dir, write_splits
 
     manifest = write_splits(source or SOURCES, root=data_dir, home=home)
     for name, info in manifest["sources"].items():
@@ -64,7 +65,9 @@ def data_generate(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Turn error records into tutoring dialogues; rerun the same command to resume."""
-    from train.generate import GenJob, TeacherGenerator, generate_dialogues
+    from train.generate import generate_dialogues
+    from train.generate_plan import GenJob
+    from train.generate_replies import TeacherGenerator
     from train.mix import Recipe
 
     jobs: list[tuple[GenJob, Path]] = []
@@ -157,7 +160,8 @@ def train_sft(
     help_config: Annotated[bool, typer.Option(help="list every config field and exit")] = False,
 ) -> None:
     """LoRA SFT (TRL SFTTrainer + PEFT); checkpoints are scored and registered."""
-    from train.sft import config_help, load_config, run_sft
+    from train.sft import run_sft
+    from train.sft_config import config_help, load_config
 
     if help_config:
         typer.echo(config_help())

@@ -69,7 +69,7 @@ def schema_problem(row: Any) -> str | None:
 
 
 def _variant_language(variant: str) -> str | None:
-    from train.generate import variant_language
+    from train.generate_dialogue import variant_language
 
     try:
         return variant_language(variant)

@@ -17,11 +17,13 @@ from typing import Any
 
 import yaml
 
-from common.data import LICENCES, split_dir
+from common.corpora import LICENCES
+from common.data import split_dir
 from common.files import atomic_write_text, dumps_jsonl, read_jsonl, sha256_file
 from common.paths import tutor_home
 from train.gates import GateReport
-from train.generate import GenJob, variant_language
+from train.generate_dialogue import variant_language
+from train.generate_plan import GenJob
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 

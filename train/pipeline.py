@@ -50,7 +50,7 @@ class PhaseResult:
 
 
 def _stage1_version(plan: Plan) -> str:
-    from train.sft import load_config
+    from train.sft_config import load_config
 
     if plan.stage1_version:
         return plan.stage1_version
@@ -61,7 +61,7 @@ def _stage1_version(plan: Plan) -> str:
     versions = json.loads(summary.read_text())["versions"]
     if not versions:
         # A resumed run registers only the checkpoints it wrote itself: ask the registry.
-        from train.sft import _registry
+        from train.sft_registry import _registry
 
         reg, _ = _registry(cfg)
         mine = [v for v in reg.list(cfg.run.variant) if (v.source or {}).get("run") == cfg.run.name]
@@ -76,7 +76,8 @@ def _home(plan: Plan) -> list[str]:
 
 
 def _sft(config: Path, overrides: list[str]) -> str:
-    from train.sft import load_config, run_sft
+    from train.sft import run_sft
+    from train.sft_config import load_config
 
     cfg = load_config(config, overrides)
     if (cfg.output_dir / "summary.json").exists():

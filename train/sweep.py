@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_text, read_jsonl
-from train.sft import load_config, run_sft
+from train.sft import run_sft
+from train.sft_config import load_config
 
 
 @dataclass

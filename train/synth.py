@@ -17,7 +17,8 @@ import random
 import re
 from collections.abc import Callable, Iterable
 
-from common.data import ErrorRecord, categorize
+from common.error_categories import categorize
+from common.records import ErrorRecord
 
 # -- English -----------------------------------------------------------------------------------
 

@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from common.data import (
-    ErrorRecord,
-    course_learner,
-    detokenize_en,
-    is_eval,
-    load_cowsl2h,
-    load_l1_bank,
-    load_source,
-    load_split,
-    write_splits,
-)
+from common.corpora import course_learner, detokenize_en, load_cowsl2h, load_l1_bank, load_source
+from common.data import is_eval, load_split, write_splits
 from common.files import sha256_file
 from common.paths import data_dir
+from common.records import ErrorRecord
 
 ROOT = data_dir()
 pytestmark = pytest.mark.skipif(not (ROOT / "jfleg").is_dir(), reason=f"no learner data at {ROOT}")

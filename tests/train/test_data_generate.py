@@ -22,15 +22,10 @@ from common.data import load_split, write_splits
 from common.files import read_jsonl
 from common.paths import REPO, data_dir
 from train.gates import gate
-from train.generate import (
-    MODES,
-    GenJob,
-    ResumableJsonl,
-    TeacherGenerator,
-    assign_modes,
-    generate_dialogues,
-    plan,
-)
+from train.generate import generate_dialogues
+from train.generate_plan import MODES, GenJob, assign_modes, plan
+from train.generate_replies import TeacherGenerator
+from train.generate_writer import ResumableJsonl
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
 

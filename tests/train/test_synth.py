@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from common.data import ErrorRecord
 from common.metrics import contains_correction, withholds_correction
 from common.modes import OVER_CORRECTION_LABELS, classify_mode
+from common.records import ErrorRecord
 from common.templates import HINTS, focus, tutor_reply
 from train.gates import row_failures
 from train.synth import (
@@ -229,7 +229,7 @@ def test_narratives_give_tense_and_agreement_errors() -> None:
 
 
 def test_per_category_caps_a_crowded_category() -> None:
-    from train.generate import GenJob, plan
+    from train.generate_plan import GenJob, plan
 
     recs = inject(per_reference(_jfleg_like()) * 1, "en", seed=5) + derive(
         [], "narrative:en", seed=1

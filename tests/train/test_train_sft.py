@@ -11,8 +11,10 @@ from openai import OpenAI
 from common.data import write_splits
 from common.files import read_jsonl
 from common.paths import REPO, data_dir
-from train.generate import GenJob, generate_dialogues
-from train.sft import load_config, run_sft
+from train.generate import generate_dialogues
+from train.generate_plan import GenJob
+from train.sft import run_sft
+from train.sft_config import load_config
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")
 
@@ -176,7 +178,7 @@ def test_stage1_then_stage2_registered_served_and_exported(home: Path) -> None:
 
 
 def test_config_yaml_and_overrides(tmp_path: Path) -> None:
-    from train.sft import config_help
+    from train.sft_config import config_help
 
     cfg = load_config(
         REPO / "train/configs/stage1-smollm2.yaml",
