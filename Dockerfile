@@ -35,6 +35,7 @@ COPY train ./train
 COPY eval ./eval
 COPY ui ./ui
 COPY deploy ./deploy
+COPY cli ./cli
 EXPOSE 8000
 VOLUME ["/data"]
 # /health answers 200 once the engine is up (503 before); it needs no API key.

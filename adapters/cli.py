@@ -48,7 +48,7 @@ def add(
     ] = None,
 ) -> None:
     """Validate PATH and record it as the next version of VARIANT."""
-    from server.app import base_identity
+    from common.model_store import base_identity
 
     registry, settings = _registry()
     base = base_model or base_identity(settings)[1]
@@ -131,7 +131,7 @@ def ship_(
     tutor-adapter.json (lineage, data manifest hash, eval summary, sha256). Only when eval says
     the new set wins: see docs/TRAINING.md."""
     from adapters.shipped import ship
-    from server.app import base_identity
+    from common.model_store import base_identity
 
     registry, settings = _registry()
     try:

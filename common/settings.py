@@ -263,11 +263,18 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
-    # Training and evaluation data (common/data.py reads TUTOR_DATA_DIR the same way).
+    # Training and evaluation data (common/corpora.py and common/data.py read TUTOR_DATA_DIR the
+    # same way).
     data_dir: Path | None = Field(
         default=None,
         description="Learner-error data (JFLEG, COWS-L2H, MuCGEC); default <repo>/../shared/data.",
     )
+
+    @property
+    def model_is_local(self) -> bool:
+        """The base model's weights are on this machine (the in-process engine, a vLLM started
+        or reached with them), not behind an upstream that names its own models."""
+        return self.engine != "openai"
 
     @property
     def registry_url(self) -> str | None:

@@ -16,13 +16,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from adapters.registry import Registry
 from adapters.variants import Catalogue
+from common.model_store import base_identity
 from common.settings import Settings
 from server.auth import KeyStore
 from server.engines import Engine, build_engine
 from server.errors import BodyTooLarge, install_error_handlers
 from server.limits import build_limits
 from server.metrics import Metrics
-from server.model_store import resolve_model
 from server.observe import RequestObserver
 from server.routes import admin, chat, health, models
 from server.serving import ChatService
@@ -40,14 +40,6 @@ def _version() -> str:
 
 
 VERSION = _version()
-
-
-def base_identity(settings: Settings) -> tuple[str, str]:
-    """(public id, source) of the base model. Upstream model names are taken as they are."""
-    if settings.engine == "openai":
-        return settings.served_model_name or settings.model, settings.model
-    resolved = resolve_model(settings.model, settings.home, settings.served_model_name)
-    return resolved.public_id, resolved.source
 
 
 class CollapseSlashes:

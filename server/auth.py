@@ -4,7 +4,7 @@ does not leak a key.
 - ``chat`` opens ``/v1``; ``admin`` opens ``/admin``.
 - Keys are "on" as soon as one is configured (``TUTOR_API_KEYS`` or ``TUTOR_API_KEYS_FILE``):
   then no ``/v1`` route answers without one. With no keys the service is for this machine only:
-  ``tutor serve`` refuses any other host (server/cli.py).
+  ``tutor serve`` refuses any other host (cli/main.py).
 - ``TUTOR_ADMIN_KEY`` is a shortcut for one admin-only key; it does not switch chat keys on.
 """
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import common.paths
+from common.model_store import make_tiny, prepare_smollm2
 from common.settings import Settings
 from server.app import create_app
-from server.model_store import make_tiny, prepare_smollm2
 from tests.support import (
     create_database,
     make_random_adapter,

@@ -1,5 +1,10 @@
-"""The rooms' one-way doors, read from the source: the bottom room (`common/`) imports nothing of
-the project's, so every other room may use it without a cycle (the developers' guide)."""
+"""The rooms' one-way doors, read from the source, so they stay one-way.
+
+From the bottom up: `common` (settings, paths, files, languages, pedagogy metrics), `adapters`
+(the registry and the shipped adapters), `server` (the gateway and its engines), then `train`
+and `eval` side by side, then `ui` and `deploy` side by side, and `cli` (the umbrella `tutor`
+command) at the top. A room imports only rooms below it; rooms on one floor share the floor
+below instead of importing each other (the developers' guide). docs/ARCHITECTURE.md draws it."""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import ast
 
 from common.paths import REPO
 
-ROOMS = {"common", "server", "adapters", "train", "eval", "ui", "deploy", "tests"}
+FLOORS = (("common",), ("adapters",), ("server",), ("train", "eval"), ("ui", "deploy"), ("cli",))
+FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
+ROOMS = {*FLOOR, "tests"}
 
 
 def imported_rooms(path) -> set[str]:
@@ -67,3 +74,30 @@ def test_no_room_imports_the_tests() -> None:
     for room in sorted(ROOMS - {"tests"}):
         for path in sorted((REPO / room).rglob("*.py")):
             assert "tests" not in imported_rooms(path), path
+
+
+def test_every_room_imports_only_rooms_below_it() -> None:
+    """Any import (function-local ones too) from a room to its own floor or above fails here,
+    naming the module and the rooms it reached."""
+    wrong = {}
+    for room, level in FLOOR.items():
+        for path in sorted((REPO / room).rglob("*.py")):
+            up = {r for r in imported_rooms(path) - {room, "tests"} if FLOOR[r] >= level}
+            if up:
+                wrong[str(path.relative_to(REPO))] = sorted(up)
+    assert wrong == {}
+
+
+def test_the_floors_name_every_package_of_the_distribution() -> None:
+    """A new top-level package must be given a floor (and is then checked above)."""
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")}
+    assert packages == ROOMS
+
+
+def test_the_tests_are_laid_out_by_room() -> None:
+    """tests/<room>/ for each room's tests; only the house-wide rules sit at the top."""
+    top = sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
+    assert top == ["test_rooms.py"]
+    assert {p.name for p in (REPO / "tests").iterdir() if (p / "__init__.py").exists()} == set(
+        FLOOR
+    )

@@ -70,7 +70,7 @@ def export_ollama(
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from server.model_store import resolve_model
+        from common.model_store import resolve_model
 
         if base_model is None:
             import json

@@ -41,7 +41,7 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from server.model_store import resolve_model
+    from common.model_store import resolve_model
 
     t0 = time.monotonic()
     run_dir = cfg.output_dir

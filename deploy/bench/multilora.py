@@ -40,7 +40,7 @@ CONFIGS = ("base", "one", "mixed")
 def make_adapters(root: Path, names: list[str], *, rank: int = 8, model: str = "tiny-qwen3"):
     """Random LoRA adapters for the tiny model (tests/support.py), one folder per name."""
     from adapters.random_lora import make_random_adapter
-    from server.model_store import resolve_model
+    from common.model_store import resolve_model
 
     base = Path(resolve_model(model, TUTOR_HOME).source)
     return {

@@ -67,7 +67,7 @@ def start_gateway(
     cmd = [
         sys.executable,
         "-c",
-        "from server.cli import app; app(prog_name='tutor')",
+        "from cli.main import app; app(prog_name='tutor')",
         "serve",
         "--host",
         "127.0.0.1",
@@ -94,10 +94,10 @@ def vllm_command(
     speculation: str = "off",
 ) -> list[str]:
     """vLLM's command line, built by the same function the managed engine uses."""
+    from common.model_store import resolve_model
     from common.settings import Settings
     from server.engines import vllm_args
     from server.engines.vllm_process import VLLMProcess
-    from server.model_store import resolve_model
 
     settings = Settings(
         home=TUTOR_HOME,
@@ -157,7 +157,7 @@ def scratch_registry(root: Path, model: str = "tiny-qwen3") -> tuple[Any, str]:
     """A registry under ``root`` (its store beside it, ``root`` its adapter root) and the base
     model's source that versions registered in it must declare."""
     from adapters.registry import Registry
-    from server.model_store import resolve_model
+    from common.model_store import resolve_model
 
     registry = Registry(root / "registry.sqlite", store=root / "store", roots=[root])
     return registry, resolve_model(model, TUTOR_HOME).source

@@ -32,13 +32,13 @@ import time
 import httpx
 
 from common.data import load_split
+from common.model_store import SMOLLM2, resolve_model
 from common.net import free_port
 from common.settings import Settings
 from deploy.bench.defaults import phases
 from deploy.bench.processes import install_cleanup, running
 from deploy.bench.servers import start_gateway, start_vllm
 from server.engines.transformers_engine import TransformersEngine
-from server.model_store import SMOLLM2, resolve_model
 from server.spelling import _WORD, _candidate, _choices, spellings_in_context
 
 

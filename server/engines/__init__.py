@@ -30,7 +30,7 @@ def build_engine(settings: Settings) -> Engine:
             timeout=settings.upstream_timeout,
             max_lora_rank=settings.max_lora_rank,
         )
-    from server.model_store import resolve_model
+    from common.model_store import resolve_model
 
     resolved = resolve_model(settings.model, settings.home, settings.served_model_name)
     if settings.engine == "vllm":

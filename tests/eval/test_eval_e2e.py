@@ -18,11 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from adapters.registry import Registry
+from cli.main import app as cli
 from common.paths import data_dir
 from common.settings import Settings
 from eval.judge import DIMENSIONS, UNPARSED, agreement, parse_judgement
 from server.app import create_app
-from server.cli import app as cli
 from tests.support import running_server
 
 pytestmark = pytest.mark.skipif(not (data_dir() / "jfleg").is_dir(), reason="no learner data")

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from common.paths import REPO
-from server.model_store import (
+from common.model_store import (
     COMPLETE_MARKER,
     ModelUnavailable,
     build_atomically,
     is_complete,
     resolve_model,
 )
+from common.paths import REPO
 
 KILLED_BUILD = """
 import sys, time
 from pathlib import Path
-from server.model_store import build_atomically
+from common.model_store import build_atomically
 
 def build(tmp):
     (tmp / "model.safetensors").write_bytes(b"half")

@@ -156,7 +156,7 @@ class NoTorch:
         if name.split('.')[0] in {'torch', 'transformers', 'peft', 'gguf', 'safetensors'}:
             raise ImportError(f'{name} is not in the slim image')
 sys.meta_path.insert(0, NoTorch())
-from server.cli import app
+from cli.main import app
 app(sys.argv[1:])
 """
 
@@ -210,7 +210,7 @@ def test_ui_app_serves_the_page(gateway) -> None:
 def test_tutor_ui_command_is_wired() -> None:
     from typer.testing import CliRunner
 
-    from server.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["ui", "--help"])
     assert result.exit_code == 0

