@@ -9,19 +9,31 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI, HTTPException, Request
 from typer.testing import CliRunner
 
 from adapters.registry import Registry
 from cli.main import app as cli
 from common.paths import data_dir
 from common.settings import Settings
-from eval.judge import DIMENSIONS, UNPARSED, agreement, parse_judgement
+from eval.judge import (
+    DIMENSIONS,
+    MIN_KAPPA,
+    UNPARSED,
+    agreement,
+    calibration_path,
+    default_mrbench_path,
+    judge_messages,
+    load_mrbench,
+    parse_judgement,
+)
 from server.app import create_app
 from tests.support import running_server
 
@@ -369,3 +381,279 @@ def test_select_asks_both_ways_gates_them_and_promotes_only_a_winner(env) -> Non
     assert mine["gate"] == {w: sel["gates"][f"{v1}~{w}"]["passed"] for w in ("plain", "grounded")}
     assert mine["plain"]["pedagogy"] == round(sel["pedagogy"][f"{v1}~plain"], 3)
     assert mine["served"] == (sel["chosen"].split("~")[1] if sel["chosen"] else None)
+
+
+# -- the judge's trust, with a deterministic stand-in for a judge model ---------------------------
+
+KIND_REPLY = "Nice try! We say 'I went', not 'I go', for yesterday. Can you say it again?"
+CURT_REPLY = "Wrong."
+# What the scripted judges make of the two replies of the runs below (Yes = 1, To some extent =
+# 0.5, No = 0; Encouraging = 1, Neutral = 0.5, Offensive = 0).
+VERDICTS = {
+    KIND_REPLY: ("Yes", "Yes", "To some extent", "Encouraging"),
+    CURT_REPLY: ("No", "No", "No", "Neutral"),
+}
+# A contrary judge moves every label one step round its scale: it never agrees with MRBench.
+CONTRARY = {
+    "Yes": "No",
+    "To some extent": "Yes",
+    "No": "To some extent",
+    "Encouraging": "Offensive",
+    "Neutral": "Encouraging",
+    "Offensive": "Neutral",
+}
+TUTOR_A, TUTOR_B = "tutor-a", "tutor-b"  # a: KIND_REPLY always; b: CURT_REPLY but to controls
+
+
+class ScriptedJudgeServer:
+    """A deterministic stand-in for a judge model: a real OpenAI-compatible HTTP app (model
+    card and chat completions) whose answer is a pure function of the request.
+
+    A prompt about an MRBench reply is answered with MRBench's own human labels (the judge
+    prompt is looked up among all of MRBench's), a prompt about one of ``VERDICTS``' replies
+    with its verdict, anything else with a sentence that names no label. ``contrary`` moves
+    each label one step (``CONTRARY``): the same judge, always disagreeing with the humans."""
+
+    def __init__(self, model: str, mrbench: dict[str, dict[str, str]], *, contrary: bool) -> None:
+        self.model, self.mrbench, self.contrary = model, mrbench, contrary
+        self.asked: list[str] = []  # the user prompt of each chat request, in arrival order
+
+    def answer(self, prompt: str) -> str:
+        labels = self.mrbench.get(prompt)
+        if labels is None:
+            reply = prompt.rsplit("Tutor reply to assess:\n", 1)[-1]
+            if reply not in VERDICTS:
+                return "I cannot judge this reply."
+            labels = dict(zip(DIMENSIONS, VERDICTS[reply], strict=True))
+        if self.contrary:
+            labels = {d: CONTRARY[v] for d, v in labels.items()}
+        return "\n".join(f"{d}: {labels[d]}" for d in DIMENSIONS)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/v1/models/{model}")
+        def card(model: str) -> dict[str, Any]:
+            if model != self.model:
+                raise HTTPException(404, f"no model {model}")
+            return {"id": model, "object": "model", "created": 0, "owned_by": "scripted"}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> dict[str, Any]:
+            body = await request.json()
+            if body["model"] != self.model:
+                raise HTTPException(404, f"no model {body['model']}")
+            prompt = body["messages"][-1]["content"]
+            self.asked.append(prompt)
+            text = self.answer(prompt)
+            return {
+                "id": f"chatcmpl-{len(self.asked)}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+
+        return app
+
+
+def _scores(verdicts: Sequence[tuple[str, ...]], contrary: bool) -> dict[str, float]:
+    """The mean score per dimension of these verdicts, as the scripted judge gives them."""
+    table = {"Yes": 1.0, "To some extent": 0.5, "No": 0.0}
+    table |= {"Encouraging": 1.0, "Neutral": 0.5, "Offensive": 0.0}
+    out = {}
+    for i, dim in enumerate(DIMENSIONS):
+        labels = [CONTRARY[v[i]] if contrary else v[i] for v in verdicts]
+        out[dim] = sum(table[x] for x in labels) / len(labels)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mrbench_prompts() -> dict[str, dict[str, str]]:
+    """Every MRBench judge prompt (as eval/judge.py words it) -> its human labels."""
+    prompts: dict[str, dict[str, str]] = {}
+    for row in load_mrbench(default_mrbench_path()):
+        prompts.setdefault(judge_messages(row.history, row.response)[1]["content"], row.labels)
+    return prompts
+
+
+@pytest.fixture
+def judged_home(tmp_path: Path, tutor_home: Path) -> dict[str, Any]:
+    """A fresh home holding the smoke suite and a run of two scripted tutors over it (no
+    gateway): tutor-a always replies KIND_REPLY; tutor-b replies CURT_REPLY to the learner's
+    mistakes and KIND_REPLY to the controls; with the VERDICTS on each model's replies, from
+    which the scores a scripted judge must give follow."""
+    from eval.runner import ModelInfo, ReplyRecord, write_run
+    from eval.suites import build_suite
+
+    home = tmp_path / "home"
+    suite = build_suite("smoke", home=home, split_home=tutor_home)
+    replies = {
+        TUTOR_A: {it.id: KIND_REPLY for it in suite.items},
+        TUTOR_B: {it.id: KIND_REPLY if it.control else CURT_REPLY for it in suite.items},
+    }
+    assert 0 < sum(it.control for it in suite.items) < len(suite.items)
+    infos = {m: ModelInfo(m, m, None, m) for m in replies}
+    records = [
+        ReplyRecord(m, infos[m].key, m, item_id, text, "stop", 0.1, 0, False)
+        for m, by_item in replies.items()
+        for item_id, text in by_item.items()
+    ]
+    run = write_run(
+        tmp_path / "run", suite=suite, base_url="scripted", infos=infos, records=records
+    )
+    verdicts = {m: [VERDICTS[r] for r in by_item.values()] for m, by_item in replies.items()}
+    return {"home": home, "run": run, "items": len(suite.items), "verdicts": verdicts}
+
+
+def _judge_report(run: Path) -> str:
+    """The report's LLM judge section."""
+    md = (run / "report" / "report.md").read_text()
+    return md.split("## LLM judge", 1)[1].split("## Examples", 1)[0]
+
+
+def _row(model: str, scores: dict[str, float]) -> str:
+    return f"| `{model}` | " + " | ".join(f"{scores[d]:.2f}" for d in DIMENSIONS) + " |"
+
+
+def test_a_judge_that_agrees_with_mrbench_is_trusted_and_its_scores_are_reported(
+    judged_home: dict[str, Any], mrbench_prompts: dict[str, dict[str, str]]
+) -> None:
+    """A judge that answers MRBench with its human labels calibrates as trusted (kappa 1 on
+    every dimension); `tutor eval judge` then runs without --force, reports it trusted, and
+    judge.json and the report carry exactly the scores that judge gave each model.
+
+    Catches a calibration that cannot trust any judge (the only judge tested before was the
+    untrusted tiny model), a trust flag or kappas lost between calibration and judge.json,
+    and scores that are not the judge's (wrong model, wrong labels, wrong mean)."""
+    home, run = str(judged_home["home"]), judged_home["run"]
+    judge = ScriptedJudgeServer("faithful-judge", mrbench_prompts, contrary=False)
+    with running_server(judge.app()) as url:
+        out = tutor(
+            "eval", "judge-calibrate", "--base-url", url, "--model", judge.model, "--n", "30",
+            "--no-progress", "--home", home,
+        )  # fmt: skip
+        cal_path = calibration_path(judge.model, home)
+        cal = json.loads(cal_path.read_text())
+        assert "**trusted**" in out and f"calibration: {cal_path}" in out
+        assert len(judge.asked) == cal["n"] == 30
+        assert all(a["parsed"] == a["labels"] for a in cal["answers"])
+        for dim in DIMENSIONS:  # no prompt of this seeded sample has two sets of labels
+            d = cal["dimensions"][dim]
+            assert (d["accuracy"], d["kappa"], d["parsed"]) == (1.0, 1.0, 1.0), dim
+        assert cal["trusted"] is True
+
+        out = tutor(
+            "eval", "judge", str(run), "--base-url", url, "--model", judge.model,
+            "--no-progress", "--home", home,
+        )  # fmt: skip
+    assert "judged 2 models; judge trusted: True" in out
+    assert len(judge.asked) == 30 + 2 * judged_home["items"]
+    judged = json.loads((run / "judge.json").read_text())
+    assert judged["model"] == judge.model and judged["parsed"] == 1.0
+    assert judged["calibration"] == {"trusted": True, "kappa": dict.fromkeys(DIMENSIONS, 1.0)}
+    expected = {m: _scores(v, contrary=False) for m, v in judged_home["verdicts"].items()}
+    assert expected[TUTOR_A] == {
+        "Mistake_Identification": 1.0,
+        "Providing_Guidance": 1.0,
+        "Actionability": 0.5,
+        "Tutor_Tone": 1.0,
+    }
+    assert judged["scores"] == expected  # halves and quarters: exact in floating point
+
+    tutor("eval", "compare", str(run), "--home", home)
+    assert json.loads((run / "report" / "report.json").read_text())["judge"] == judged
+    section = _judge_report(run)
+    assert f"Judge `{judge.model}`: calibrated and trusted." in section
+    assert "NOT trusted" not in section
+    for model, scores in expected.items():
+        assert _row(model, scores) in section
+
+
+def test_a_judge_that_disagrees_with_mrbench_stays_untrusted_even_when_forced(
+    judged_home: dict[str, Any], mrbench_prompts: dict[str, dict[str, str]]
+) -> None:
+    """A judge that never gives MRBench's label calibrates as not trusted (every kappa below
+    MIN_KAPPA); judging with it under --force uses its scores but keeps it marked not trusted,
+    with its calibration's kappas, in the CLI's line, judge.json and the report.
+
+    Catches a calibration that trusts a judge that disagrees with the humans, and --force
+    passing an untrusted judge's scores off as trusted."""
+    home, run = str(judged_home["home"]), judged_home["run"]
+    judge = ScriptedJudgeServer("contrary-judge", mrbench_prompts, contrary=True)
+    with running_server(judge.app()) as url:
+        out = tutor(
+            "eval", "judge-calibrate", "--base-url", url, "--model", judge.model, "--n", "30",
+            "--no-progress", "--home", home,
+        )  # fmt: skip
+        cal = json.loads(calibration_path(judge.model, home).read_text())
+        assert "**not trusted**" in out
+        for dim in DIMENSIONS:
+            d = cal["dimensions"][dim]
+            assert d["parsed"] == 1.0 and d["accuracy"] == 0.0, dim  # it answered, wrongly
+            assert d["kappa"] < MIN_KAPPA, dim
+        assert cal["trusted"] is False
+
+        out = tutor(
+            "eval", "judge", str(run), "--base-url", url, "--model", judge.model, "--force",
+            "--no-progress", "--home", home,
+        )  # fmt: skip
+    assert "judged 2 models; judge trusted: False" in out
+    judged = json.loads((run / "judge.json").read_text())
+    kappas = {d: cal["dimensions"][d]["kappa"] for d in DIMENSIONS}
+    assert judged["calibration"] == {"trusted": False, "kappa": kappas}
+    expected = {m: _scores(v, contrary=True) for m, v in judged_home["verdicts"].items()}
+    assert judged["scores"] == expected  # halves and quarters: exact in floating point
+
+    tutor("eval", "compare", str(run), "--home", home)
+    section = _judge_report(run)
+    assert f"Judge `{judge.model}`: NOT trusted (see its calibration)." in section
+    assert "calibrated and trusted" not in section
+    for model, scores in expected.items():
+        assert _row(model, scores) in section
+
+
+def test_an_uncalibrated_judge_needs_force_and_is_then_marked_not_trusted(
+    judged_home: dict[str, Any], mrbench_prompts: dict[str, dict[str, str]]
+) -> None:
+    """Without a calibration, `tutor eval judge` refuses (exit 2, naming judge-calibrate and
+    --force) before asking the judge anything or writing judge.json; with --force the same
+    judge's scores are used and reported, marked not trusted with no kappas, even though this
+    judge would calibrate as trusted.
+
+    Catches judging silently without a calibration, --force being ignored, and an
+    uncalibrated judge reported as trusted."""
+    home, run = str(judged_home["home"]), judged_home["run"]
+    judge = ScriptedJudgeServer("uncalibrated-judge", mrbench_prompts, contrary=False)
+    assert not calibration_path(judge.model, home).exists()
+    with running_server(judge.app()) as url:
+        args = ["eval", "judge", str(run), "--base-url", url, "--model", judge.model]
+        args += ["--no-progress", "--home", home]
+        refused = CliRunner().invoke(cli, args)
+        assert refused.exit_code == 2, refused.output
+        said = " ".join(refused.output.replace("│", " ").split())
+        assert f"no calibration for {judge.model}" in said
+        assert "tutor eval judge-calibrate" in said and "--force" in said
+        assert judge.asked == [] and not (run / "judge.json").exists()
+
+        out = tutor(*args, "--force")
+    assert "judged 2 models; judge trusted: False" in out
+    assert len(judge.asked) == 2 * judged_home["items"]
+    judged = json.loads((run / "judge.json").read_text())
+    assert judged["model"] == judge.model
+    assert judged["calibration"] == {"trusted": False, "kappa": {}}
+    expected = {m: _scores(v, contrary=False) for m, v in judged_home["verdicts"].items()}
+    assert judged["scores"] == expected  # halves and quarters: exact in floating point
+
+    tutor("eval", "compare", str(run), "--home", home)
+    section = _judge_report(run)
+    assert f"Judge `{judge.model}`: NOT trusted (see its calibration)." in section
+    for model, scores in expected.items():
+        assert _row(model, scores) in section
