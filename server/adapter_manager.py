@@ -58,6 +58,8 @@ class AdapterManager:
         self._refs: Counter[str] = Counter()
         self._retired: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._loading: set[str] = set()  # cold loads in flight, counted against the limit
+        self._removed: set[str] = set()  # versions deleted by remove(); never loaded again
         self._seen_version: tuple[int, int] | None = None
         self._watcher: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
@@ -122,7 +124,10 @@ class AdapterManager:
     # -- use -------------------------------------------------------------------------------
     @asynccontextmanager
     async def use(self, ref: AdapterRef) -> AsyncIterator[float | None]:
-        """Hold ``ref`` loaded for one request; yields the cold-load time, or None if warm."""
+        """Hold ``ref`` loaded for one request; yields the cold-load time, or None if warm.
+
+        The count goes up before anything is awaited, so an unload that has not started yet
+        sees the request and leaves the version alone."""
         self._refs[ref.name] += 1
         try:
             yield await self._ensure_loaded(ref)
@@ -133,13 +138,25 @@ class AdapterManager:
                 if ref.name in self._retired:
                     await self._unload(ref.name)
 
+    def _lock(self, name: str) -> asyncio.Lock:
+        """One lock per version name: its load and its unload never overlap, so a request for
+        a version being unloaded waits, then loads it again."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
     async def _ensure_loaded(self, ref: AdapterRef) -> float | None:
-        lock = self._locks.setdefault(ref.name, asyncio.Lock())
-        async with lock:
+        async with self._lock(ref.name):
+            if ref.name in self._removed:  # removed while this request waited for the lock
+                raise AdapterNotFound(f"the adapter version {ref.name!r} was removed")
             start = time.perf_counter()
             if ref.name not in self._resident:
-                await self._make_room()
-            loaded = await self.engine.load_adapter(ref)  # idempotent; False when already there
+                self._loading.add(ref.name)
+                try:
+                    await self._make_room()
+                    loaded = await self.engine.load_adapter(ref)  # False: it was already there
+                finally:
+                    self._loading.discard(ref.name)
+            else:
+                loaded = await self.engine.load_adapter(ref)  # idempotent: an engine restarted
             self._resident[ref.name] = ref
             self._resident.move_to_end(ref.name)
             self.metrics.adapter_resident.labels(ref.name).set(1)
@@ -151,22 +168,32 @@ class AdapterManager:
             return elapsed
 
     async def _make_room(self) -> None:
-        """Unload least recently used versions that no request holds, down to the limit."""
+        """Unload least recently used versions that no request holds, until the resident ones
+        and the loads in flight (this one among them) fit the limit."""
         if self.engine.places_adapters:  # the engine keeps each replica's own LRU
             return
         idle = [n for n in self._resident if self._refs[n] == 0]
         # versions no alias points to go before live ones
         idle.sort(key=lambda n: self._is_live(n))
-        while len(self._resident) >= self.max_resident and idle:
-            await self._unload(idle.pop(0))
+        while len(self._resident) + len(self._loading) > self.max_resident and idle:
+            await self._unload(idle.pop(0))  # skips one a request took meanwhile
 
     def _is_live(self, name: str) -> bool:
         return any(r.name == name for r in (*self._alias.values(), *self._pinned.values()))
 
-    async def _unload(self, name: str) -> None:
+    async def _unload(self, name: str) -> bool:
+        """Unload ``name`` unless a request holds it (one may have taken it since the caller
+        looked); a retired version a request took stays retired, and its last holder unloads
+        it. True when it is not in the engine any more."""
+        async with self._lock(name):
+            return await self._unload_locked(name)
+
+    async def _unload_locked(self, name: str) -> bool:
+        if self._refs[name] > 0:
+            return False
         self._retired.discard(name)
         if self._resident.pop(name, None) is None:
-            return
+            return True
         with contextlib.suppress(KeyError):  # a version loaded before metrics existed
             self.metrics.adapter_resident.remove(name)
         try:
@@ -174,6 +201,7 @@ class AdapterManager:
             log.info("unloaded adapter %s", name)
         except Exception:  # noqa: BLE001 - an engine that restarted has already forgotten it
             log.warning("unloading %s failed", name, exc_info=True)
+        return True
 
     # -- promotion -------------------------------------------------------------------------
     async def promote(self, variant: str, name: str) -> tuple[str | None, str]:
@@ -195,14 +223,17 @@ class AdapterManager:
         return result
 
     async def remove(self, name: str) -> None:
-        """Unload (if idle) and delete a version; vLLM must never lose files it still holds."""
-        if self._refs[name] > 0:
-            raise Conflict(f"{name} is serving {self._refs[name]} request(s); try again later")
+        """Unload (if idle) and delete a version; vLLM must never lose files it still holds.
+        All under the version's lock: a request that asks for it meanwhile waits, then finds
+        it gone, and one that took it first makes the removal a Conflict."""
         if self._is_live(name):
             raise Conflict(f"{name} is live: promote another version first")
-        await self._unload(name)
-        self._versions.pop(name, None)
-        await asyncio.to_thread(self.registry.remove, name)
+        async with self._lock(name):
+            if not await self._unload_locked(name):
+                raise Conflict(f"{name} is serving {self._refs[name]} request(s); try again later")
+            self._versions.pop(name, None)
+            self._removed.add(name)  # names are never reused: it stays gone
+            await asyncio.to_thread(self.registry.remove, name)
 
     async def refresh(self) -> None:
         """Apply the registry's aliases: load each new version, switch, retire the old one."""

@@ -11,8 +11,9 @@ The registry is a real SQLite ``Registry`` in ``tmp_path`` with real PEFT folder
 model, so the manager's validation (files, hash, base model, rank) runs as it does in
 production; one test puts the same manager in front of the real transformers engine.
 
-Tests marked ``xfail(strict=True)`` show bugs found while writing these: they fail today and
-will turn the suite red (XPASS) once the bug is fixed, so the mark must then go.
+The tests under "races" were written first as strict xfails: they showed three races (an
+eviction pass unloading a version a request took meanwhile, unloads outside the version's lock,
+overlapping cold loads over the limit), since fixed in server/adapter_manager.py.
 """
 
 from __future__ import annotations
@@ -818,12 +819,7 @@ def test_lru_eviction_happens_in_the_transformers_engine(world: World, tiny_path
     assert in_model == {p(1), p(3)}
 
 
-# -- bugs ----------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AdapterManager._make_room lists the idle versions once, then awaits each "
-    "unload; a request that starts using one of them meanwhile is evicted anyway",
-)
+# -- races ---------------------------------------------------------------------------------------
 def test_make_room_never_unloads_a_version_a_request_took_meanwhile(world: World) -> None:
     """Three versions resident over a limit of two (every one was busy), now idle. A cold load
     of a fourth unloads pool@1; while that unload is in flight a request takes pool@2 (warm).
@@ -850,12 +846,6 @@ def test_make_room_never_unloads_a_version_a_request_took_meanwhile(world: World
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AdapterManager._unload runs outside the name's lock, so a request for a "
-    "version being evicted finds it still in the engine (load_adapter: False), is told it is "
-    "resident, and the unload then completes under it",
-)
 def test_a_version_asked_for_while_it_is_being_evicted_stays_loaded(world: World) -> None:
     """pool@1 is being evicted to make room for pool@2 when a request for pool@1 arrives. The
     request must end up served by a loaded pool@1 (waiting for the unload and loading again),
@@ -869,9 +859,13 @@ def test_a_version_asked_for_while_it_is_being_evicted_stays_loaded(world: World
         gate = engine.block_unload(p(1))
         cold = asyncio.create_task(use_once(manager, b))
         await engine.unload_started[p(1)].wait()
-        request, _ = await hold(manager, a)
+        asking = asyncio.create_task(hold(manager, a))
+        await settle()
+        assert not asking.done(), "the request did not wait for pool@1's unload"
         gate.set()
         await cold
+        request, reloaded = await asking
+        assert reloaded is not None, "pool@1 was not loaded again after its unload"
         assert p(1) in engine.loaded, "a request holds pool@1, which the engine has dropped"
         await request.aclose()
         return engine, manager
@@ -879,12 +873,6 @@ def test_a_version_asked_for_while_it_is_being_evicted_stays_loaded(world: World
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AdapterManager.remove checks the refcount, then awaits the unload and the "
-    "registry; a request that takes the version meanwhile keeps it 'resident' while its "
-    "files are deleted",
-)
 def test_remove_never_deletes_files_of_a_version_a_request_took_meanwhile(world: World) -> None:
     """remove(pool@1) is unloading it when a request naming pool@1 arrives (the record still
     exists). Whatever the outcome, the manager must not end with a version it calls resident
@@ -898,11 +886,15 @@ def test_remove_never_deletes_files_of_a_version_a_request_took_meanwhile(world:
         gate = engine.block_unload(p(1))
         removal = asyncio.create_task(manager.remove(p(1)))
         await engine.unload_started[p(1)].wait()
-        request, _ = await hold(manager, await ref(manager, p(1)))
+        asking = asyncio.create_task(hold(manager, await ref(manager, p(1))))
+        await settle()
         gate.set()
         with contextlib.suppress(Conflict):  # refusing the removal would be a fine outcome
             await removal
-        await request.aclose()
+        # the request waited for the removal, then finds the version gone: a 404, not a
+        # version called resident whose files are deleted
+        with pytest.raises(AdapterNotFound):
+            await asking
         return engine, manager, target
 
     engine, manager, target = run(scenario())
@@ -910,12 +902,6 @@ def test_remove_never_deletes_files_of_a_version_a_request_took_meanwhile(world:
     assert not (resident and not target.path.exists()), "resident, with its files deleted"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AdapterManager._make_room counts only versions already resident, so two "
-    "concurrent cold loads each see room and the engine ends over max_resident with an idle "
-    "version that could have gone",
-)
 def test_concurrent_cold_loads_stay_within_the_limit(world: World) -> None:
     """The module promises at most ``max_resident`` loaded versions (beyond the case where
     every one is busy). Two cold loads overlap while pool@2 is idle: it should be evicted, but
