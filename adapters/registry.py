@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -32,6 +31,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from adapters.validation import AdapterValidationError, validate_adapter
+from common.files import atomic_dir
 from common.paths import is_database_url
 
 SCHEMA = """
@@ -434,19 +434,13 @@ class Registry:
         return version, True
 
     def _copy_in(self, src: Path, name: str) -> Path:
-        """Copy the two adapter files into ``store/name`` via a temp folder and a rename."""
+        """Copy the two adapter files into ``store/name``, whole or not at all (an orphan of a
+        killed add, which no record names, is replaced)."""
         dest = self.store / name
-        if dest.exists():  # an orphan from a killed add: no record names it
-            shutil.rmtree(dest)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.store))
-        try:
+        with atomic_dir(dest) as tmp:
             for f in src.iterdir():
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return dest
 
     def set_eval_summary(self, name: str, summary: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from adapters.registry import AdapterVersion, Registry, VersionNotFound
 from adapters.validation import AdapterValidationError, validate_adapter
 from adapters.variants import Catalogue
-from common.files import sha256_file
+from common.files import atomic_dir, sha256_file
 
 log = logging.getLogger("tutor.adapters")
 MANIFEST = "tutor-adapter.json"
@@ -201,9 +200,7 @@ def ship(
     (portable: no trainer's path), and the manifest. Written beside ``dest`` and renamed in."""
     version = registry.get(name)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         _write_bf16(version.path / "adapter_model.safetensors", tmp / "adapter_model.safetensors")
         cfg = json.loads((version.path / "adapter_config.json").read_text(encoding="utf-8"))
         cfg["base_model_name_or_path"] = base_id
@@ -237,12 +234,6 @@ def ship(
             "dtype": "bfloat16",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

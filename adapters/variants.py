@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-SCAFFOLDING = ("recast", "elicitation", "expansion", "metalinguistic")
-LEVELS = ("beginner", "intermediate", "advanced")
+from common.modes import LEVELS, SCAFFOLDING
+
 GROUNDING_KEYS = ("corrector", "meant", "correct")
 ROLES = ("tutor", "corrector")
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import atomic_dir
 from common.settings import Settings
 
 COMPLETE_MARKER = ".tutor-complete"
@@ -86,21 +85,9 @@ def build_atomically(target: Path, build: Callable[[Path], None], *, force: bool
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".tmp-{target.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
-    try:
+    with atomic_dir(target, mode=0o755) as tmp:  # shared: mkdtemp would make it private
         build(tmp)
         (tmp / COMPLETE_MARKER).write_text("ok\n")
-        if target.exists():
-            old = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return True
 
 

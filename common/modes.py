@@ -34,6 +34,12 @@ from common.metrics import (
     tokens,
 )
 
+# The four scaffolding moves and the learner levels: the catalogue's personas, the request's
+# `scaffolding` and `level`, training's plan and the UI all take them from here. SCAFFOLDING is
+# the order the personas and the API name them in (and training's plan assigns them by);
+# MODES the order eval's tables and recipes list them in.
+SCAFFOLDING = ("recast", "elicitation", "expansion", "metalinguistic")
+LEVELS = ("beginner", "intermediate", "advanced")
 MODES = ("recast", "expansion", "elicitation", "metalinguistic")
 # What a reply to a correct sentence must not be: a move on an error that is not there
 # (train/gates.py drops such natural turns; eval counts them as over-correction).

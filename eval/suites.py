@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from common.files import sha256_file
+from common.files import atomic_dir, sha256_file
 from common.metrics import target_form
 from common.modes import MODES
 from common.paths import tutor_home
@@ -418,22 +415,15 @@ def build_suite(
                 f"{dest.name} already exists with other items: bump the recipe's version"
             )
         return load_suite(dest.name, home=home_p)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        (tmp / "items.jsonl").write_text(text, encoding="utf-8")
-        (tmp / "manifest.json").write_text(
-            json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-            encoding="utf-8",
-        )
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.rename(tmp, dest)  # atomic: the folder appears whole or not at all
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not dest.exists():
-            raise
+        with atomic_dir(dest, replace=False) as tmp:  # the folder appears whole or not at all
+            (tmp / "items.jsonl").write_text(text, encoding="utf-8")
+            (tmp / "manifest.json").write_text(
+                json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                encoding="utf-8",
+            )
+    except FileExistsError:
+        pass  # another process wrote the same suite meanwhile: read theirs
     return load_suite(dest.name, home=home_p)
 
 

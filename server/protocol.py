@@ -12,8 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Scaffolding = Literal["recast", "elicitation", "expansion", "metalinguistic"]
-Level = Literal["beginner", "intermediate", "advanced"]
+from common.modes import LEVELS, SCAFFOLDING
+
+Scaffolding = Literal[SCAFFOLDING]  # common/modes.py: the four moves, one vocabulary
+Level = Literal[LEVELS]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from common.files import atomic_write_text
+from common.files import atomic_dir, atomic_write_text
 from common.paths import tutor_home
 
 CHATML_TEMPLATE = (
@@ -81,14 +81,9 @@ def export_ollama(
         source = resolve_model(base_model, tutor_home(home)).source
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
         model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
-        tmp = out / ".merged.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-        dest = out / "merged"
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        with atomic_dir(out / "merged", mode=0o755) as tmp:
+            model.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
         text = modelfile("./merged", None)
     path = out / "Modelfile"
     atomic_write_text(path, text)

@@ -12,9 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from common.modes import SCAFFOLDING
 from common.records import ErrorRecord
 from common.templates import NATURAL_ECHO_SHARE, self_repair, stable_fraction
-from train.generate_plan import MODES, GenJob, PlanItem
+from train.generate_plan import GenJob, PlanItem
 from train.generate_replies import DialogueContext, Turn
 
 
@@ -29,7 +30,7 @@ def system_prompt_for(variant_id: str, mode: str, key: str, catalogue: Path | No
     if mode in ("recast", "natural") and stable_fraction(f"hint:{key}") < 0.5:
         return variant.system_prompt()
     if mode == "natural":
-        return variant.system_prompt(scaffolding=MODES[int(stable_fraction(f"m:{key}") * 4)])
+        return variant.system_prompt(scaffolding=SCAFFOLDING[int(stable_fraction(f"m:{key}") * 4)])
     return variant.system_prompt(scaffolding=mode)
 
 

@@ -14,10 +14,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from common.modes import SCAFFOLDING
 from common.records import ErrorRecord
 from common.templates import stable_fraction
 
-MODES = ("recast", "elicitation", "expansion", "metalinguistic")
 TASKS = ("tutor", "correct")
 
 
@@ -70,13 +70,13 @@ def assign_modes(n: int, scheme: str, seed: int) -> list[str]:
         size = int(scheme.split(":", 1)[1])
         if size < 1:
             raise ValueError("block size must be >= 1")
-        return [MODES[(i // size) % len(MODES)] for i in range(n)]
+        return [SCAFFOLDING[(i // size) % len(SCAFFOLDING)] for i in range(n)]
     if scheme != "interleave":
         raise ValueError(f"unknown mode assignment {scheme!r}: 'interleave' or 'block:N'")
     rng = random.Random(seed)
     out: list[str] = []
     while len(out) < n:
-        block = list(MODES)
+        block = list(SCAFFOLDING)
         rng.shuffle(block)
         out.extend(block)
     return out[:n]

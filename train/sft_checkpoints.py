@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_dir
 from train.sft_config import SFTRunConfig
 from train.sft_heldout import heldout_nll
 from train.sft_registry import _registry
@@ -24,15 +25,10 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def export_adapter(checkpoint: Path, dest: Path) -> Path:
-    """Only the two files an engine needs, via a temp folder and a rename."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ADAPTER_FILES:
-        shutil.copy2(checkpoint / name, tmp / name)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    """Only the two files an engine needs, written whole or not at all."""
+    with atomic_dir(dest, mode=0o755) as tmp:
+        for name in ADAPTER_FILES:
+            shutil.copy2(checkpoint / name, tmp / name)
     return dest
 
 

@@ -18,7 +18,6 @@ LEARNER_NAMES = {
     "heritage": "Heritage speaker (grew up with it at home)",
     "l2": "Second-language learner",
 }
-LEVELS = ("beginner", "intermediate", "advanced")
 SCAFFOLDING = {
     "": "Let the tutor choose",
     "recast": "Recast: say it back correctly",

@@ -16,11 +16,11 @@ import openai
 from fastapi import FastAPI
 
 from common.metrics import conversation_recasts
+from common.modes import LEVELS
 from ui.client import (
     DEFAULT_VARIANTS,
     LANGUAGE_NAMES,
     LEARNER_NAMES,
-    LEVELS,
     SCAFFOLDING,
     ReplyInfo,
     TutorClient,

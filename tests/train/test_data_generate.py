@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse
 
 from common.data import load_split, write_splits
 from common.files import read_jsonl
+from common.modes import SCAFFOLDING
 from common.paths import REPO, data_dir
 from train.gates import gate
 from train.generate import generate_dialogues
-from train.generate_plan import MODES, GenJob, assign_modes, plan
+from train.generate_plan import GenJob, assign_modes, plan
 from train.generate_replies import TeacherGenerator
 from train.generate_writer import ResumableJsonl
 
@@ -51,8 +52,8 @@ def test_mode_assignment_blocks_and_interleave() -> None:
         "metalinguistic",
     ]
     inter = assign_modes(400, "interleave", 7)
-    assert Counter(inter) == {m: 100 for m in MODES}
-    assert all(set(inter[i : i + 4]) == set(MODES) for i in range(0, 400, 4))
+    assert Counter(inter) == {m: 100 for m in SCAFFOLDING}
+    assert all(set(inter[i : i + 4]) == set(SCAFFOLDING) for i in range(0, 400, 4))
     assert inter == assign_modes(400, "interleave", 7) != assign_modes(400, "interleave", 8)
     with pytest.raises(ValueError):
         assign_modes(4, "random", 0)
@@ -85,7 +86,7 @@ def test_generated_dialogues_pass_the_gates_in_every_language(
         assert len(rows) == res.total == res.written > 0
         kept, report = gate(rows)
         assert len(kept) >= 0.8 * len(rows), report.to_dict()
-        assert {r["mode"] for r in kept} == set(MODES)
+        assert {r["mode"] for r in kept} == set(SCAFFOLDING)
         multi = [r for r in rows if r["multi_turn"]]
         assert multi and all(len(r["messages"]) == 5 and len(r["turns"]) == 2 for r in multi)
         assert all(r["language"] == job.language for r in rows)
