@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from common.metrics import tokens
+
 ARTICLES = {
     "en": {"a", "an", "the"},
     "es": {"el", "la", "los", "las", "un", "una", "unos", "unas", "lo", "al", "del"},
@@ -32,8 +34,6 @@ def _strip_accents(s: str) -> str:
 def categorize(source: str, target: str, language: str) -> str | None:
     """A coarse error category from the first edit; None when the pair is unchanged."""
     from difflib import SequenceMatcher
-
-    from common.metrics import tokens
 
     if source == target:
         return None

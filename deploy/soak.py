@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from adapters.registry import Registry
 from common.net import free_port as _free_port
 from common.paths import tutor_home
 
@@ -61,7 +62,6 @@ def make_adapters(base: Path, root: Path) -> dict[str, list[Path]]:
 
 
 def register(settings_env: dict[str, str], base: Path, adapters: dict[str, list[Path]]) -> None:
-    from adapters.registry import Registry
 
     reg = Registry(
         Path(settings_env["TUTOR_REGISTRY"]),

@@ -27,6 +27,7 @@ from common.files import read_jsonl
 from common.modes import LABELS, MODES, confusion_matrix
 from eval.diversity import diversity
 from eval.replies import HIGHER_IS_BETTER, YES_NO, failed_checks, score_reply
+from eval.runner import runs_dir
 from eval.stats import bootstrap_ci, mcnemar_paired, paired_difference, win_rate
 from eval.suites import Suite, SuiteItem, load_suite
 
@@ -53,7 +54,6 @@ class RunData:
 
 
 def find_run(ref: str | Path, home: Path | str | None = None) -> Path:
-    from eval.runner import runs_dir
 
     p = Path(ref).expanduser()
     if (p / "run.json").exists():

@@ -24,6 +24,7 @@ from typing import Any
 
 from common.paths import data_dir, tutor_home
 from eval.cache import ReplyCache, cache_key
+from eval.runner import api_base, resolve_model
 from eval.stats import accuracy, cohen_kappa
 
 DIMENSIONS = ("Mistake_Identification", "Providing_Guidance", "Actionability", "Tutor_Tone")
@@ -145,8 +146,6 @@ class Judge:
         """The judge's raw answer to each (id, messages), temperature 0, fixed seed."""
         from openai import AsyncOpenAI
         from tqdm import tqdm
-
-        from eval.runner import api_base, resolve_model
 
         client = AsyncOpenAI(base_url=api_base(self.base_url), api_key=self.api_key, max_retries=3)
         try:

@@ -36,8 +36,12 @@ import httpx
 from common.files import atomic_write_text
 from common.net import free_port as _free_port
 from common.paths import tutor_home
+from eval.cache import ReplyCache
 from eval.compare import DEFAULT_TOLERANCE, compare_run, load_run
 from eval.gate import gates_against
+from eval.report import write_report
+from eval.runner import default_run_name, run_suite, runs_dir, write_run
+from eval.suites import load_suite
 
 SUITE_OF = {
     "tutor": "en",
@@ -140,10 +144,6 @@ def select_variant(
     ways: Sequence[str] = WAYS,
 ) -> Selection:
     """Ask, compare, gate, choose and (when a way wins) promote, for one variant."""
-    from eval.cache import ReplyCache
-    from eval.report import write_report
-    from eval.runner import default_run_name, run_suite, runs_dir, write_run
-    from eval.suites import load_suite
 
     version = candidate or candidate_of(registry, variant)
     base = f"{variant}@base"

@@ -25,10 +25,12 @@ from typing import Any
 
 import yaml
 
+from common.data import load_split, split_dir
 from common.files import atomic_dir, sha256_file
 from common.metrics import target_form
 from common.modes import MODES
 from common.paths import tutor_home
+from common.templates import tutor_reply
 
 RECIPES = Path(__file__).resolve().parent / "suites"
 DEFAULT_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 96}
@@ -174,14 +176,12 @@ def _interleaved_modes(n: int, modes: list[str], rng: random.Random) -> list[str
 def _context(prev: Any, language: str, key: str) -> tuple[dict[str, str], ...]:
     """An earlier exchange: the learner's previous sentence and a template tutor recast of it
     (train/'s offline generator), so the model answers the last turn of a real conversation."""
-    from common.templates import tutor_reply
 
     reply = tutor_reply("recast", prev.utterance, prev.correction, language, prev.category, key)
     return ({"role": "user", "content": prev.utterance}, {"role": "assistant", "content": reply})
 
 
 def _pool(spec: dict[str, Any], language: str, home: Path | None, exclude: set[str]) -> list[Any]:
-    from common.data import load_split
 
     records = []
     for source in spec.get("sources", []):
@@ -372,7 +372,6 @@ def build_suite(
     ``split_home`` is where the fixed split lives (default: ``home``); suites go to ``home``.
     ``version``: the recipe's own (default) or the one it ``extends``.
     """
-    from common.data import split_dir
 
     recipe = load_recipe(recipe_path)
     if version is not None:

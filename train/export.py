@@ -10,8 +10,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from adapters.registry import Registry
 from common.files import atomic_dir, atomic_write_text
 from common.paths import tutor_home
+from common.settings import Settings
 
 CHATML_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
@@ -22,8 +24,6 @@ CHATML_TEMPLATE = (
 def _adapter_path(ref: str, home: Path | None) -> Path:
     if Path(ref).expanduser().is_dir():
         return Path(ref).expanduser().resolve()
-    from adapters.registry import Registry
-    from common.settings import Settings
 
     return Registry.from_settings(Settings(home=tutor_home(home))).get(ref).path
 

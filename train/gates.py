@@ -18,6 +18,7 @@ from common.metrics import (
     withholds_correction,
 )
 from common.modes import OVER_CORRECTION_LABELS, classify_mode
+from train.generate_dialogue import variant_language
 
 GIVES_FORM = ("recast", "expansion", "confirm")
 WITHHOLDS_FORM = ("elicitation", "metalinguistic")
@@ -69,7 +70,6 @@ def schema_problem(row: Any) -> str | None:
 
 
 def _variant_language(variant: str) -> str | None:
-    from train.generate_dialogue import variant_language
 
     try:
         return variant_language(variant)

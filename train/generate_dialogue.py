@@ -12,8 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from adapters.variants import Catalogue
 from common.modes import SCAFFOLDING
 from common.records import ErrorRecord
+from common.settings import DEFAULT_CATALOGUE
 from common.templates import NATURAL_ECHO_SHARE, self_repair, stable_fraction
 from train.generate_plan import GenJob, PlanItem
 from train.generate_replies import DialogueContext, Turn
@@ -24,7 +26,6 @@ def system_prompt_for(variant_id: str, mode: str, key: str, catalogue: Path | No
     a hint half of the time, because recasting is what a variant does when nobody asks. An
     error-free turn (``natural``) comes half the time with no hint and half with any of the four:
     a learner who asked for recasts and wrote a correct sentence gets no correction."""
-    from common.settings import DEFAULT_CATALOGUE
 
     variant = _catalogue(catalogue or DEFAULT_CATALOGUE).variants[variant_id]
     if mode in ("recast", "natural") and stable_fraction(f"hint:{key}") < 0.5:
@@ -38,7 +39,6 @@ _CATALOGUES: dict[Path, Any] = {}
 
 
 def _catalogue(path: Path) -> Any:
-    from adapters.variants import Catalogue
 
     if path not in _CATALOGUES:
         _CATALOGUES[path] = Catalogue.load(path)
@@ -46,7 +46,6 @@ def _catalogue(path: Path) -> Any:
 
 
 def variant_language(variant_id: str, catalogue: Path | None = None) -> str:
-    from common.settings import DEFAULT_CATALOGUE
 
     return _catalogue(catalogue or DEFAULT_CATALOGUE).variants[variant_id].language
 
@@ -60,7 +59,6 @@ def origin(rec: ErrorRecord) -> str:
 
 
 def _variant(variant_id: str) -> Any:
-    from common.settings import DEFAULT_CATALOGUE
 
     return _catalogue(DEFAULT_CATALOGUE).variants[variant_id]
 

@@ -20,6 +20,7 @@ import yaml
 from common.corpora import LICENCES
 from common.data import split_dir
 from common.files import atomic_write_text, dumps_jsonl, read_jsonl, sha256_file
+from common.modes import sentences
 from common.paths import tutor_home
 from train.gates import GateReport
 from train.generate_dialogue import variant_language
@@ -133,7 +134,6 @@ def _count(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
 def sentence_shares(rows: list[dict[str, Any]], top: int = 5) -> list[tuple[str, float]]:
     """The sentences that recur most across the assistant replies, with the share of replies
     that contain each: how "template" a set reads."""
-    from common.modes import sentences
 
     counts: Counter[str] = Counter()
     replies = 0

@@ -20,7 +20,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from common.data import write_splits
 from common.paths import tutor_home
+from train.generate import generate_dialogues
+from train.mix import Recipe, build_set
+from train.sft import run_sft
+from train.sft_config import load_config
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 RECIPE = Path(__file__).resolve().parent / "recipes" / "tutor.yaml"
@@ -50,7 +55,6 @@ class PhaseResult:
 
 
 def _stage1_version(plan: Plan) -> str:
-    from train.sft_config import load_config
 
     if plan.stage1_version:
         return plan.stage1_version
@@ -76,8 +80,6 @@ def _home(plan: Plan) -> list[str]:
 
 
 def _sft(config: Path, overrides: list[str]) -> str:
-    from train.sft import run_sft
-    from train.sft_config import load_config
 
     cfg = load_config(config, overrides)
     if (cfg.output_dir / "summary.json").exists():
@@ -87,9 +89,6 @@ def _sft(config: Path, overrides: list[str]) -> str:
 
 
 def phases(plan: Plan) -> list[tuple[str, Callable[[], str]]]:
-    from common.data import write_splits
-    from train.generate import generate_dialogues
-    from train.mix import Recipe, build_set
 
     recipe = Recipe.load(plan.recipe)
 

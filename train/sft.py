@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_text, read_jsonl, sha256_file
+from common.model_store import resolve_model
 from train.sft_checkpoints import make_callback
 from train.sft_config import SFTRunConfig
 from train.sft_data import _chats, resolve_data
@@ -40,8 +41,6 @@ def run_sft(cfg: SFTRunConfig) -> RunResult:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-
-    from common.model_store import resolve_model
 
     t0 = time.monotonic()
     run_dir = cfg.output_dir

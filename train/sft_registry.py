@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adapters.registry import Registry
+from common.settings import Settings
 from train.sft_config import SFTRunConfig
 
 
 def _registry(cfg: SFTRunConfig) -> Any:
-    from adapters.registry import Registry
-    from common.settings import Settings
 
     settings = Settings(home=cfg.home)
     return Registry.from_settings(settings), settings

@@ -42,6 +42,8 @@ from deploy.bench.processes import Group, install_cleanup, stop_all
 from deploy.bench.report import fmt, machine, table, write_report
 from deploy.bench.servers import start_gateway, start_vllm
 from deploy.bench.stats import ms, pct
+from server.engines import vllm_dtype
+from server.engines.vllm_process import cpu_env
 from server.timing import PHASES
 
 MODEL = "smollm2-135m-instruct"
@@ -64,8 +66,6 @@ TWO_CORES = {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
 def _after() -> Config:
-    from server.engines import vllm_dtype
-    from server.engines.vllm_process import cpu_env
 
     return Config("after", vllm_dtype("auto"), cpu_env(), "what the gateway passes now")
 

