@@ -29,7 +29,7 @@ from server.app import create_app
 from server.auth import Principal, hash_key
 from server.engines.base import TextDelta
 from server.errors import RateLimited
-from server.limits import RedisLimits
+from server.limits_redis import RedisLimits
 from tests.support import REDIS_SERVER, running_server, start_redis
 
 pytestmark = pytest.mark.skipif(
@@ -300,7 +300,7 @@ DEAD_GATEWAY = """
 import asyncio, sys
 from server.auth import Principal
 from server.engines.base import TextDelta
-from server.limits import RedisLimits
+from server.limits_redis import RedisLimits
 
 async def endless():
     while True:
