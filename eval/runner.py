@@ -42,6 +42,7 @@ class ModelInfo:
     corrector: str | None = None  # the version a catalogue-named corrector resolves to
     spelling: str | None = None  # the word list of the spelling pass before the corrector turn
     spelling_by: str | None = None  # how it picks a spelling: "context" (the model) or frequency
+    dtype: str | None = None  # the served weights' dtype, where the gateway says it
 
     @property
     def key(self) -> str:
@@ -56,6 +57,8 @@ class ModelInfo:
             way += f"|spelling={self.spelling}"
             if self.spelling_by == "context":  # replies cached before it are by frequency
                 way += "+context"
+        if self.dtype:  # bf16 and float32 greedy replies differ: never one for the other
+            way += f"|dtype={self.dtype}"
         return f"{self.persona or '-'}|{self.adapter}|{self.root}{way}"
 
     @property
@@ -99,7 +102,7 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
     meta = card.get("metadata") or {}
     root = str(card.get("root") or card.get("parent") or requested)  # the gateway: the base id
     corrector, spelling = meta.get("corrector"), meta.get("spelling")
-    spelling_by = meta.get("spelling_by")
+    spelling_by, dtype = meta.get("spelling_by"), meta.get("dtype")
     if "variant" in meta:  # a registered version, served under its variant's persona
         return ModelInfo(
             requested,
@@ -110,6 +113,7 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
             corrector=corrector,
             spelling=spelling,
             spelling_by=spelling_by,
+            dtype=dtype,
         )
     if "adapter" in meta:  # a variant: an alias for the version it points to now
         # (``<variant>@base`` names its variant in ``persona``: the same key as the alias on base)
@@ -123,11 +127,12 @@ def resolve_model(card: dict[str, Any], requested: str) -> ModelInfo:
             corrector=corrector,
             spelling=spelling,
             spelling_by=spelling_by,
+            dtype=dtype,
         )
     if card.get("parent") is None and card.get("root"):
         # The gateway's bare base model (its root is the weights' folder: key it by its id, as
         # the variants' cards do), or a plain server's base model.
-        return ModelInfo(requested, "base", None, str(card.get("id") or requested))
+        return ModelInfo(requested, "base", None, str(card.get("id") or requested), dtype=dtype)
     return ModelInfo(requested, requested, None, root)  # e.g. a LoRA on a plain vLLM
 
 

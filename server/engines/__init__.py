@@ -145,4 +145,5 @@ def build_vllm_engine(settings: Settings, source: str, public_id: str) -> Engine
         timeout=settings.upstream_timeout,
         api_key=key or "none",
         speculative="--speculative-config" in args,  # ours (auto) or the operator's own
+        dtype=args[args.index("--dtype") + 1],
     )

@@ -119,6 +119,10 @@ class Engine(ABC):
     # True when ``next_tokens`` works: the English spelling pass lets the base model choose
     # among a misspelt word's spellings in context with it (server/spelling.py)
     ranks_next_tokens: bool = False
+    # The weights' dtype as served, where the engine knows it (None: a remote server's own).
+    # Greedy replies differ between bf16 and float32, so the model cards show it and eval keys
+    # its cache by it.
+    dtype: str | None = None
 
     async def start(self) -> None:
         """Load models or connect; called once by the app's lifespan."""

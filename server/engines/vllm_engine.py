@@ -36,6 +36,7 @@ class VLLMEngine(OpenAIEngine):
         timeout: float = 120.0,
         api_key: str = "none",
         speculative: bool = False,
+        dtype: str | None = None,
     ) -> None:
         super().__init__(
             base_url,
@@ -45,6 +46,7 @@ class VLLMEngine(OpenAIEngine):
             max_lora_rank=max_lora_rank,
         )
         self.process = process
+        self.dtype = dtype  # the managed process's --dtype; a remote vLLM's is its own
         if speculative:  # vLLM: "logit_bias ... not yet supported with speculative decoding"
             self.optional_params = self.optional_params - {"logit_bias"}
         self._loaded: set[str] = set()

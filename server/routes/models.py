@@ -17,7 +17,15 @@ router = APIRouter(dependencies=[Depends(requires("chat"))])
 
 async def model_cards(service: ChatService) -> list[ModelCard]:
     base = service.base_id
-    cards = [ModelCard(id=base, created=service.created, name=base, root=base)]
+    cards = [
+        ModelCard(
+            id=base,
+            created=service.created,
+            name=base,
+            root=base,
+            metadata={"dtype": service.engine.dtype},  # the served weights' dtype, if known
+        )
+    ]
     # how the spelling pass picks a misspelt word's spelling: a model in context, or frequency
     spelling_by = "context" if service.spells_in_context else "frequency"
     correctors = {}  # a grounded turn's corrector, where the catalogue names another model
@@ -36,6 +44,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
             "corrector": correctors.get(v.id),
             "spelling": v.spelling,  # the spelling pass before the corrector turn, if any
             "spelling_by": spelling_by if v.spelling else None,
+            "dtype": service.engine.dtype,  # the served weights' dtype, where the engine knows it
         }
         cards.append(
             ModelCard(
@@ -56,6 +65,7 @@ async def model_cards(service: ChatService) -> list[ModelCard]:
                 "corrector": correctors.get(ver.variant),
                 "spelling": spelling.get(ver.variant),
                 "spelling_by": spelling_by if spelling.get(ver.variant) else None,
+                "dtype": service.engine.dtype,
             }
             cards.append(
                 ModelCard(
@@ -102,6 +112,7 @@ async def get_model(model_id: str, service: ServiceDep, request: Request) -> Mod
             "adapter": "base",
             "persona": variant.id,
             "grounded": False,
+            "dtype": service.engine.dtype,
         }
         base = service.base_id
         return ModelCard(

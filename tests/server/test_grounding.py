@@ -368,3 +368,8 @@ def test_a_named_corrector_is_on_the_card_and_in_the_eval_cache_key(grounded_ser
     from dataclasses import replace
 
     assert replace(with_other, grounded=False).key == replace(same_weights, grounded=False).key
+    # the served dtype is on every card and in the key: bf16 replies never stand for float32 ones
+    assert {c["metadata"]["dtype"] for c in cards.values()} == {"float32"}
+    assert "|dtype=float32" in with_pass.key
+    in_bf16 = {**own, "metadata": {**own["metadata"], "dtype": "bfloat16"}}
+    assert with_pass.key != resolve_model(in_bf16, "tutor").key

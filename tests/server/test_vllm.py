@@ -594,3 +594,5 @@ def test_vllm_ranks_next_tokens_as_the_transformers_engine_does(gateway, tiny_pa
     assert _chat(gateway["url"], "tutor")[0]  # still serving
     cards = {c.id: c.model_dump() for c in _client(gateway["url"]).models.list().data}
     assert cards["tutor"]["metadata"]["spelling_by"] == "context"
+    # the managed vLLM's --dtype, on the cards and so in eval's cache key
+    assert cards["tutor"]["metadata"]["dtype"] == "float32"
