@@ -69,10 +69,13 @@ def start_gateway(
         "TUTOR_ADAPTER_DIR": str(scratch / "adapters"),
         **env,
     }
+    # the umbrella CLI is cli/main.py; a checkout from before it moved has it in server/cli.py
+    where = src or REPO
+    cli = "cli.main" if (where / "cli" / "main.py").exists() else "server.cli"
     cmd = [
         sys.executable,
         "-c",
-        "from cli.main import app; app(prog_name='tutor')",
+        f"from {cli} import app; app(prog_name='tutor')",
         "serve",
         "--host",
         "127.0.0.1",
@@ -81,7 +84,7 @@ def start_gateway(
         "--log-level",
         log_level,
     ]
-    g = Group(name, cmd, env=full, log=logs_dir() / f"gateway-{port}.log", cwd=src or REPO)
+    g = Group(name, cmd, env=full, log=logs_dir() / f"gateway-{port}.log", cwd=where)
     wait_ready(f"http://127.0.0.1:{port}/health", g, timeout)
     return g
 
