@@ -74,6 +74,22 @@ def es_gateway(tutor_home: Path, tiny_path: Path, tiny_adapters: dict[str, Path]
         yield url
 
 
+@pytest.fixture(scope="module")
+def lora_gateway(
+    tutor_home: Path, tiny_path: Path, tiny_adapters: dict[str, Path]
+) -> Iterator[str]:
+    """A real gateway (transformers engine, tiny model) with adapters for tutor-es-l2 and
+    tutor-zh-l2 and the base for the rest; its URL. One per module that asks for it."""
+    settings = Settings(
+        home=tutor_home,
+        model="tiny-qwen3",
+        engine="transformers",
+        adapters={"tutor-es-l2": str(tiny_adapters["es"]), "tutor-zh-l2": str(tiny_adapters["zh"])},
+    )
+    with running_server(create_app(settings)) as url:
+        yield url
+
+
 @pytest.fixture
 def tiny_settings(tutor_home: Path, tiny_path: Path) -> Settings:
     return Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")

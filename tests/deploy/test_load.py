@@ -21,11 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.variants import Catalogue
 from common.paths import REPO
-from common.settings import DEFAULT_CATALOGUE, Settings
+from common.settings import DEFAULT_CATALOGUE
 from deploy.load import is_loopback, locust_command, seconds
 from deploy.load_mix import DEFAULT_VARIANTS, VariantPicker, language, parse_variants
-from server.app import create_app
-from tests.support import running_server
 
 
 def catalogue_tutors() -> tuple[str, ...]:
@@ -85,15 +83,9 @@ def test_refuses_other_hosts_and_unbounded_runs(tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(tutor_home, tiny_path, tiny_adapters):
-    settings = Settings(
-        home=tutor_home,
-        model="tiny-qwen3",
-        engine="transformers",
-        adapters={"tutor-es-l2": str(tiny_adapters["es"]), "tutor-zh-l2": str(tiny_adapters["zh"])},
-    )
-    with running_server(create_app(settings)) as url:
-        yield url
+def gateway(lora_gateway: str) -> str:
+    """The shared gateway with the Spanish and Mandarin adapters (tests/conftest.py)."""
+    return lora_gateway
 
 
 def test_default_mix_names_every_catalogue_tutor() -> None:

@@ -64,15 +64,9 @@ def requests_ok(base_url: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tutor_home, tiny_path, tiny_adapters) -> Iterator[str]:
-    settings = Settings(
-        home=tutor_home,
-        model="tiny-qwen3",
-        engine="transformers",
-        adapters={"tutor-es-l2": str(tiny_adapters["es"]), "tutor-zh-l2": str(tiny_adapters["zh"])},
-    )
-    with running_server(create_app(settings)) as url:
-        yield url
+def gateway(lora_gateway: str) -> str:
+    """The shared gateway with the Spanish and Mandarin adapters (tests/conftest.py)."""
+    return lora_gateway
 
 
 @pytest.fixture(scope="module")
