@@ -168,7 +168,7 @@ def migrate_registry(
     Stop writers (gateways, training, the CLI) on the SQLite registry first, then point
     TUTOR_REGISTRY at the URL everywhere.
     """
-    from adapters.registry import migrate
+    from adapters.registry_migrate import migrate
     from adapters.registry_pg import redact
     from common.settings import Settings
 

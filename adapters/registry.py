@@ -7,13 +7,14 @@ Two backends behind one class, chosen by where the registry lives:
 * a ``postgresql://`` URL: PostgreSQL through a small connection pool (``adapters/registry_pg.py``,
   the ``postgres`` extra), for several gateways on several machines sharing one registry.
 
-The operations are written once, here, against a tiny connection interface (``execute`` with
-``?`` placeholders, rows readable by column name); a backend only supplies transactions and
-``data_version``. Every write is one transaction that first takes the backend's writer lock
-(SQLite's ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock), so writers queue instead of failing
-half-way, and a process killed at any point leaves either the old state or the new one. Adapter
-files are copied into the registry's own store before the record is written; a copy interrupted
-by a kill leaves an orphan folder that no record names.
+The operations are written once, here, against a tiny connection interface (``execute`` with ``?``
+placeholders, rows readable by column name; adapters/registry_backend.py); a backend only supplies
+transactions and ``data_version``. Moving a SQLite registry into PostgreSQL is
+adapters/registry_migrate.py. Every write is one transaction that first takes the backend's writer
+lock (SQLite's ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock), so writers queue instead of
+failing half-way, and a process killed at any point leaves either the old state or the new one.
+Adapter files are copied into the registry's own store before the record is written; a copy
+interrupted by a kill leaves an orphan folder that no record names.
 """
 
 from __future__ import annotations
@@ -21,50 +22,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
+from adapters.registry_backend import Connection, Row, SqliteBackend, open_backend
 from adapters.validation import AdapterValidationError, validate_adapter
 from common.files import atomic_dir
 from common.paths import is_database_url
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    name TEXT PRIMARY KEY,
-    variant TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    base_model TEXT NOT NULL,
-    path TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    alpha REAL NOT NULL,
-    target_modules TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    parent TEXT,
-    source TEXT,
-    created REAL NOT NULL,
-    eval_summary TEXT,
-    UNIQUE (variant, seq)
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    variant TEXT PRIMARY KEY,
-    current TEXT NOT NULL REFERENCES versions(name),
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alias_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    variant TEXT NOT NULL,
-    name TEXT NOT NULL,
-    at REAL NOT NULL
-);
-"""
-
-# Column order of the tables (both backends): the migration copies and compares by these.
 VERSION_COLUMNS = (
     "name",
     "variant",
@@ -116,93 +86,6 @@ class AdapterVersion:
         d["path"] = str(self.path)
         d["target_modules"] = list(self.target_modules)
         return d
-
-
-# -- what a backend provides ---------------------------------------------------------------------
-class Row(Protocol):
-    """A result row read by column name (``sqlite3.Row``, or psycopg's ``dict_row``)."""
-
-    def __getitem__(self, key: str) -> Any: ...
-
-
-class Cursor(Protocol):
-    rowcount: int
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-    def __iter__(self) -> Iterator[Any]: ...
-
-
-class Connection(Protocol):
-    """One connection inside one transaction; SQL uses ``?`` placeholders on every backend."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
-
-
-class Backend(Protocol):
-    """Where the tables live: transactions, a cheap change counter, and clean-up."""
-
-    def tx(self, *, write: bool) -> AbstractContextManager[Connection]:
-        """One transaction; ``write`` ones are serialised against every other writer."""
-        ...
-
-    def data_version(self) -> tuple[int, int]: ...
-
-    def close(self) -> None: ...
-
-
-class SqliteBackend:
-    """Embedded SQLite in WAL mode: readers never block the writer."""
-
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
-            db.executescript(SCHEMA)
-        finally:
-            db.close()
-
-    @contextmanager
-    def tx(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: writers queue up instead of failing half-way.
-
-        Reads take one too (``write`` is not looked at), as they always have here.
-        """
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
-
-    def data_version(self) -> tuple[int, int]:
-        """The file's and the WAL's mtimes: a commit touches one of them; no query needed."""
-        st = os.stat(self.db_path)
-        wal = self.db_path.with_name(self.db_path.name + "-wal")
-        return (st.st_mtime_ns, wal.stat().st_mtime_ns if wal.exists() else 0)
-
-    def close(self) -> None:
-        """Nothing to do: every transaction opens and closes its own connection."""
-
-
-def open_backend(location: str | os.PathLike[str]) -> Backend:
-    """SQLite for a path, PostgreSQL for a URL (psycopg is imported only then)."""
-    if is_database_url(location):
-        from adapters.registry_pg import PostgresBackend
-
-        return PostgresBackend(str(location).strip())
-    return SqliteBackend(Path(location))
 
 
 def _row_to_version(row: Row) -> AdapterVersion:
@@ -518,110 +401,12 @@ class Registry:
         shutil.rmtree(row["path"], ignore_errors=True)
 
 
-# -- SQLite -> PostgreSQL ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Migration:
-    """What ``migrate`` did: row counts, and whether the target already held exactly this."""
-
-    versions: int
-    aliases: int
-    history: int
-    already_there: bool
-    missing_files: list[str] = field(default_factory=list)
-
-
-def _snapshot(db: Connection) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """All rows in a fixed order, as plain tuples comparable across backends."""
-
-    def rows(table: str, columns: Sequence[str], order: str) -> list[tuple]:
-        sql = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}"
-        return [tuple(r[c] for c in columns) for r in db.execute(sql)]
-
-    def by_key(rows: list[tuple]) -> list[tuple]:  # the first column is unique, never NULL
-        return sorted(rows, key=lambda r: r[0])  # not ORDER BY: collations may differ
-
-    return (
-        by_key(rows("versions", VERSION_COLUMNS, "name")),
-        by_key(rows("aliases", ALIAS_COLUMNS, "variant")),
-        rows("alias_history", HISTORY_COLUMNS, "id"),
-    )
-
-
-def migrate(sqlite_path: str | os.PathLike[str], pg_url: str) -> Migration:
-    """Copy a SQLite registry's versions, aliases and alias history into PostgreSQL.
-
-    One PostgreSQL transaction, under the writer lock: the target gets everything or nothing,
-    and the history keeps its order (rollback pops it). A target that already holds rows is
-    left alone: if they are exactly the source's (a migration run twice) that is success,
-    otherwise an error, since merging two registries could give one name two meanings. The
-    adapter files are not touched: the records keep their paths, so the store must be storage
-    every gateway sees at the same path.
-    """
-    src_path = Path(sqlite_path)
-    if not src_path.is_file():
-        raise RegistryError(f"no SQLite registry at {src_path}")
-    if not is_database_url(pg_url):
-        raise RegistryError(f"{pg_url!r} is not a postgresql:// URL")
-    src = sqlite3.connect(src_path, timeout=30, isolation_level=None)
-    src.row_factory = sqlite3.Row
-    try:
-        src.execute("BEGIN")  # one read snapshot, however many rows
-        try:
-            versions, aliases, history = _snapshot(src)
-        except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"{src_path} is not an adapter registry: {exc}") from exc
-        finally:
-            src.execute("COMMIT")
-    finally:
-        src.close()
-
-    from adapters.registry_pg import redact
-
-    target = open_backend(pg_url)
-    try:
-        with target.tx(write=True) as db:
-            there = _snapshot(db)
-            if any(there):
-                if there == (versions, aliases, history):
-                    return Migration(len(versions), len(aliases), len(history), True)
-                raise RegistryError(
-                    f"the PostgreSQL registry already holds {len(there[0])} versions, "
-                    f"{len(there[1])} aliases and {len(there[2])} history entries that differ "
-                    f"from {src_path}; migrate into an empty database"
-                )
-            # versions first: aliases reference them
-            for table, columns, rows in (
-                ("versions", VERSION_COLUMNS, versions),
-                ("aliases", ALIAS_COLUMNS, aliases),
-                ("alias_history", HISTORY_COLUMNS, history),  # in id order: keeps the order
-            ):
-                sql = (
-                    f"INSERT INTO {table} ({', '.join(columns)}) "
-                    f"VALUES ({', '.join('?' for _ in columns)})"
-                )
-                for row in rows:
-                    db.execute(sql, row)
-    except RegistryError:
-        raise
-    except Exception as exc:  # the database refused a row: say so, as the CLI's errors do
-        raise RegistryError(
-            f"copying {src_path} into {redact(pg_url)} failed and was rolled back: {exc}"
-        ) from exc
-    finally:
-        target.close()
-    path_at = VERSION_COLUMNS.index("path")
-    missing = [v[0] for v in versions if not Path(v[path_at]).exists()]
-    return Migration(len(versions), len(aliases), len(history), False, missing)
-
-
 __all__ = [
     "AdapterValidationError",
     "AdapterVersion",
-    "Migration",
     "PathNotAllowed",
     "Registry",
     "RegistryError",
     "VersionNotFound",
     "is_within",
-    "migrate",
 ]

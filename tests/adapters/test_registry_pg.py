@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from adapters.registry import Registry, RegistryError, migrate
+from adapters.registry import Registry, RegistryError
+from adapters.registry_migrate import migrate
 from common.paths import REPO
 from common.settings import Settings
 from server.adapter_manager import AdapterManager
