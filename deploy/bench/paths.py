@@ -11,11 +11,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from common.paths import tutor_home
+from common.paths import REPO, default_vllm_python, tutor_home
 
-REPO = Path(__file__).resolve().parents[2]
 REPORTS = REPO / "reports" / "bench"
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+VLLM_PYTHON = default_vllm_python()
 TUTOR_HOME = tutor_home()
 
 

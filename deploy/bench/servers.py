@@ -100,8 +100,11 @@ def vllm_command(
     dtype: str = "float32",
     block_size: int | None = None,
     speculation: str = "off",
+    max_model_len: int = 2048,
+    tools: str = "ignore",
 ) -> list[str]:
-    """vLLM's command line, built by the same function the managed engine uses."""
+    """vLLM's command line, built by the same function the managed engine uses. ``tools``:
+    the gateway's TUTOR_TOOLS; ``forward`` lets vLLM call tools itself."""
 
     settings = Settings(
         home=TUTOR_HOME,
@@ -109,7 +112,8 @@ def vllm_command(
         vllm_dtype=dtype,
         vllm_max_loras=max_loras,
         max_resident_adapters=max_resident,
-        vllm_max_model_len=2048,
+        vllm_max_model_len=max_model_len,
+        tools=tools,
         vllm_extra_args=list(extra),
         vllm_block_size=block_size,
         vllm_speculation=speculation,

@@ -13,9 +13,8 @@ import pytest
 
 from common.settings import REPO
 from deploy.capacity import Step, answer
-from tests.support import free_port
+from tests.support import VLLM_PYTHON, free_port
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 VARIANTS = ("tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2")
 
 

@@ -25,12 +25,13 @@ import httpx
 import pytest
 
 from adapters.registry import Registry
-from common.settings import REPO, Settings
+from common.settings import Settings
 from deploy.bench.paths import logs_dir
 from deploy.bench.processes import Group, wait_ready
 from deploy.bench.servers import start_gateway, vllm_command
 from deploy.bench.stats import metric_sum
 from tests.support import (
+    VLLM_PYTHON,
     free_port,
     make_random_adapter,
     peft_replies,
@@ -38,7 +39,6 @@ from tests.support import (
     start_redis,
 )
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 ADMIN_KEY = "cluster-admin-key"
 LEARNER_KEY = "cluster-learner-key"
 LIMITED_KEY = "cluster-limited-key"

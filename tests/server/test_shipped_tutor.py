@@ -24,9 +24,8 @@ from common.metrics import detect_language
 from common.settings import DEFAULT_CATALOGUE, REPO, Settings
 from server.app import create_app
 from server.grounding import corrector_max_tokens, plausible
-from tests.support import free_port, peft_reference, running_server, spelt
+from tests.support import VLLM_PYTHON, free_port, peft_reference, running_server, spelt
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 CATALOGUE = Catalogue.load(DEFAULT_CATALOGUE)
 SHIPPED = {v.id: v for v in CATALOGUE.variants.values() if v.shipped is not None}
 # A sentence each language shares, and one with an error typical of the variant's learners.

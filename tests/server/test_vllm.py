@@ -20,13 +20,12 @@ import openai
 import pytest
 
 from adapters.registry import Registry
-from common.settings import REPO, Settings
+from common.settings import Settings
 from server.app import create_app
 from server.engines.transformers_engine import TransformersEngine
 from server.engines.vllm_engine import VLLMEngine
-from tests.support import free_port, make_random_adapter, peft_replies, running_server
+from tests.support import VLLM_PYTHON, free_port, make_random_adapter, peft_replies, running_server
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store and buy apple."}]
 MAX_TOKENS = 10
