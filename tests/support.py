@@ -26,6 +26,19 @@ from fastapi import FastAPI
 import common.paths as common_paths
 from adapters.random_lora import make_random_adapter  # noqa: F401 (the tests take it from here)
 from common.net import free_port
+from common.paths import REPO
+
+
+def kill_9_after(code: str, *args: str, after: float) -> None:
+    """Run ``code`` in a child Python from the repository, wait until it prints ``ready``, let
+    it write for ``after`` seconds, then SIGKILL it: the crash an atomic write must survive."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(after)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 @contextmanager

@@ -7,12 +7,7 @@ tests/adapters/test_registry_pg.py.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +15,7 @@ import pytest
 
 from adapters.registry import Registry, RegistryError, VersionNotFound
 from adapters.validation import AdapterValidationError
-from common.paths import REPO
+from tests.support import kill_9_after
 
 
 @pytest.fixture
@@ -150,16 +145,9 @@ def test_state_survives_kill_9_in_the_middle_of_promotions(registry, adapters_in
         for _ in range(3)
     ]
     for round_ in range(4):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CHURN, str(registry.location), str(registry.store), *names],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
+        kill_9_after(
+            CHURN, str(registry.location), str(registry.store), *names, after=0.3 + 0.17 * round_
         )
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.3 + 0.17 * round_)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
         if isinstance(registry.location, Path):  # PostgreSQL has no file to check
             db = sqlite3.connect(registry.db_path)
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -4,17 +4,13 @@ models all use: a reader sees the old folder, the new one or none, never half of
 
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from common.files import atomic_dir
-from common.paths import REPO
+from tests.support import kill_9_after
 
 
 def test_a_new_folder_appears_whole(tmp_path: Path) -> None:
@@ -74,19 +70,13 @@ from pathlib import Path
 from common.files import atomic_dir
 with atomic_dir(Path(sys.argv[1])) as tmp:
     (tmp / "part").write_text("half")
-    print("writing", flush=True)
+    print("ready", flush=True)
     time.sleep(60)
 """
 
 
 def test_a_killed_writer_leaves_no_half_folder(tmp_path: Path) -> None:
     dest = tmp_path / "store" / "tutor@9"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED, str(dest)], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
-    os.kill(proc.pid, 9)
-    proc.wait(timeout=30)
-    time.sleep(0.1)
+    kill_9_after(KILLED, str(dest), after=0.1)
     assert not dest.exists()
     assert all(p.name.startswith(".tmp-tutor@9-") for p in dest.parent.iterdir())

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from common.paths import REPO
 from eval.arena import CHOICES, VoteStore, export_dpo
+from tests.support import kill_9_after
 
 WRITER = """
 import sys
@@ -32,16 +27,7 @@ while True:
 def test_votes_survive_kill_9_mid_write(tmp_path: Path):
     path = tmp_path / "votes.sqlite"
     for delay in (0.3, 0.5, 0.8):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_9_after(WRITER, str(path), after=delay)
         db = sqlite3.connect(path)
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         db.close()

@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -22,13 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from common.paths import REPO
 from common.settings import Settings
 from server.app import create_app
 from server.auth import hash_key
 from tests.support import (
     TUTOR,
     free_port,
+    kill_9_after,
     running_server,
     serve_process,
 )
@@ -640,16 +639,7 @@ def test_key_file_survives_kill_9_mid_write(tmp_path):
 
     path = tmp_path / "keys.json"
     for delay in (0.2, 0.35, 0.5):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", KEY_CHURN, str(path)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_9_after(KEY_CHURN, str(path), after=delay)
         keys = load_key_file(path)  # parses: never a torn file
         assert 1 <= len(keys) <= 50
         assert [k.name for k in keys] == [f"k{j}" for j in range(len(keys))]
