@@ -234,11 +234,7 @@ def test_rollback_and_cli_promotion_are_picked_up(gateway, world):
     text, headers = _chat(url, "tutor-es-l2")
     assert (headers["x-tutor-adapter"], text) == ("tutor-es-l2@1", expected["tutor-es-l2@1"])
     # a promotion written by another process (the CLI) reaches the gateway through the registry
-    world["registry"].promote("tutor-es-l2", "tutor-es-l2@2")
-    deadline = time.monotonic() + 10
-    while _chat(url, "tutor-es-l2")[1]["x-tutor-adapter"] != "tutor-es-l2@2":
-        assert time.monotonic() < deadline, "the gateway never saw the CLI's promotion"
-        time.sleep(0.2)
+    _serving(gateway, world, "tutor-es-l2", "tutor-es-l2@2")
     assert (
         httpx.get(f"{url}/admin/variants", headers=ADMIN).json()["aliases"]["tutor-es-l2"]
         == "tutor-es-l2@2"
