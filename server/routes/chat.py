@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.auth import Principal, requires
 from server.errors import TutorError
+from server.event_stream import EventStreamResponse
 from server.observe import record, request_id
 from server.protocol import (
     COMMON_ERRORS,
@@ -30,24 +31,6 @@ from server.streaming import collect, sse_stream
 from server.timing import Timing, arrival
 
 router = APIRouter()
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """A stream whose body is closed when the response ends, however it ends.
-
-    When the client goes away, Starlette cancels the task that writes the stream but leaves the
-    body generator suspended (it is closed only when garbage-collected). If the cancellation
-    lands while a chunk is being written rather than while the next token is awaited, the
-    engine's upstream request stays open and vLLM generates on for nobody: seen as a flaky
-    ``test_client_disconnect_aborts_the_request_in_vllm``. Closing the generator here runs its
-    ``finally`` blocks now, down to the engine, which closes the upstream connection.
-    """
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
 
 
 @router.post(
@@ -243,10 +226,8 @@ async def answer(
             cid=turn.cid,
             legacy=legacy,
         )
-        return _ClosingStreamingResponse(
-            stream,
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        return EventStreamResponse(
+            stream, headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
     reply = await collect(turn.first, turn.deltas, model=body.model, cid=turn.cid, legacy=legacy)
     headers["server-timing"] = timing.server_timing()  # with decode: the reply is complete

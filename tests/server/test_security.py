@@ -339,6 +339,46 @@ def test_a_busy_variant_gets_429_and_does_not_starve_the_others() -> None:
             assert again.headers["x-tutor-variant"] == "tutor-zh-l2"
 
 
+def test_a_client_that_leaves_mid_stream_frees_its_upstream_request_at_once() -> None:
+    """The learner closes the tab while the upstream is between tokens: the gateway must close
+    its upstream request now, not at the next token, which a held upstream never sends.
+
+    Catches a stream that notices the client only when it next writes (the upstream would hold
+    on for its 60 s), one that keeps the variant's only slot, and one that counts the request
+    as ok. The openai engine in front of ``_HeldUpstream``: the upstream's own disconnect
+    listener drops ``held`` to 0 when the gateway's connection to it closes."""
+    upstream = _HeldUpstream()
+    body = {"messages": LEARNER, "max_tokens": 2, "model": "tutor-zh-l2"}
+    with running_server(upstream.app()) as up:
+        settings = Settings(
+            engine="openai",
+            model=upstream.MODEL,
+            upstream_url=f"{up}/v1",
+            variant_concurrency=1,
+            variant_queue_timeout=0.3,
+        )
+        with running_server(create_app(settings)) as url:
+            chat = f"{url}/v1/chat/completions"
+            try:
+                with httpx.stream("POST", chat, json={**body, "stream": True}, timeout=10) as s:
+                    lines = (x for x in s.iter_lines() if x.startswith("data: "))
+                    while '"Hola"' not in next(lines):
+                        pass
+                    assert upstream.held == 1
+                # the connection is closed here, with the upstream still holding
+                deadline = time.monotonic() + 5
+                while upstream.held:
+                    assert time.monotonic() < deadline, "the upstream request outlived the client"
+                    time.sleep(0.02)
+                again = httpx.post(chat, json=body, timeout=10)  # the one slot is free again
+                assert again.status_code == 200, again.text
+                metrics = httpx.get(f"{url}/metrics").text
+            finally:
+                upstream.release()
+    assert 'tutor_requests_total{status="cancelled",variant="tutor-zh-l2"} 1.0' in metrics
+    assert 'tutor_requests_total{status="ok",variant="tutor-zh-l2"} 1.0' in metrics
+
+
 def _deep(n: int) -> bytes:
     return b'{"model": "tutor", "messages": ' + b"[" * n + b"]" * n + b"}"
 
