@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -177,13 +178,10 @@ class VLLMEngine(OpenAIEngine):
 
 
 def _with_model(request: GenerationRequest, model: str) -> GenerationRequest:
-    return GenerationRequest(
-        messages=request.messages,
-        params=request.params,
-        adapter=request.adapter,
-        upstream_model=model,
-        stream=request.stream,
-    )
+    """The request as vLLM serves it: the base model or the adapter version by name. Everything
+    else goes along as it is, the X-Request-Id and traceparent headers included (vLLM names its
+    request after X-Request-Id and adds random characters, so a repeated id is safe)."""
+    return replace(request, upstream_model=model)
 
 
 def _error_message(r: httpx.Response) -> str:
