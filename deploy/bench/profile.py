@@ -69,6 +69,7 @@ def analyse(collapsed: Path, top: int = 15) -> dict[str, Any]:
     """Samples of the main thread (the event loop) by component and by function (self time)."""
     by_component: collections.Counter[str] = collections.Counter()
     by_function: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()  # on the stack at all
     total = loop = 0
     for line in collapsed.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -83,11 +84,21 @@ def analyse(collapsed: Path, top: int = 15) -> dict[str, Any]:
         leaf = frames[-1]
         by_component[component(leaf)] += count
         by_function[leaf] += count
+        for name in set(frames):
+            inclusive[name] += count
     return {
         "samples": total,
         "loop_samples": loop,
         "components": {k: v / loop for k, v in by_component.most_common()} if loop else {},
         "functions": {k: v / loop for k, v in by_function.most_common(top)} if loop else {},
+        # the project's own frames by inclusive share: which step of the route costs what
+        "own_inclusive": {
+            k: v / loop
+            for k, v in inclusive.most_common()
+            if any(f"({room}/" in k for room in ("server", "adapters", "common"))
+        }
+        if loop
+        else {},
     }
 
 
@@ -104,6 +115,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seconds", type=float, default=12.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--quick", action="store_true", help="6 s instead of --seconds")
+    p.add_argument(
+        "--token-interval-ms",
+        type=float,
+        default=0.0,
+        help="pace the fake's tokens (20: like a model at 50 tokens/s); 0: all at once",
+    )
     a = p.parse_args(argv)
     seconds = 6.0 if a.quick else a.seconds
     install_cleanup()
@@ -111,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         up = free_port()
-        start_fake_upstream(up)
+        start_fake_upstream(up, token_interval_ms=a.token_interval_ms)
         port = free_port()
         gateway = start_gateway(
             port,
@@ -174,6 +191,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table(
             ["function", "share"],
             [[k, f"{100 * v:.1f}%"] for k, v in result["functions"].items()],
+        )
+    )
+    print("\nThe project's own frames, inclusive (on the event loop's stack at all)")
+    print(
+        table(
+            ["function", "share"],
+            [[k, f"{100 * v:.1f}%"] for k, v in list(result["own_inclusive"].items())[:20]],
         )
     )
     print(f"\nwrote {write_report(f'profile-{a.label}-{a.mode}', result)} and {collapsed}")
