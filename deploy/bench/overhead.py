@@ -207,6 +207,7 @@ def bench(
     baselines: dict[str, tuple[Path, str | None]] | None = None,
     gateway_src: Path | None = None,
     floor: bool = False,
+    workers: int = 1,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the comparison for each upstream; returns the report (rows and settings).
@@ -214,6 +215,7 @@ def bench(
     ``baselines`` (label -> (checkout, log level or None)): more gateways, each run from another
     checkout, front the same upstream and are measured in the same rounds: before/after side by
     side. ``floor``: also the bare relay of deploy/bench/floor.py, the floor of a Python gateway.
+    ``workers`` > 1: also this gateway as that many processes on one port (``workersN``).
     """
     started = machine()  # the load average before the run
     rows: list[dict[str, Any]] = []
@@ -258,6 +260,13 @@ def bench(
                 g = start_floor(port, f"http://127.0.0.1:{up_port}/v1")
                 groups.append(g)
                 gateways["floor"] = (port, g)
+            if workers > 1:
+                port = free_port()
+                g = start_gateway(
+                    port, env=env, log_level=log_level, workers=workers, name=f"workers{workers}"
+                )
+                groups.append(g)
+                gateways[f"workers{workers}"] = (port, g)
             port = free_port()
             g = start_gateway(port, env=env, log_level=log_level, src=gateway_src)
             groups.append(g)
@@ -293,6 +302,7 @@ def bench(
             "gateway_log_level": log_level,
             "baselines": {k: [str(v[0]), v[1]] for k, v in (baselines or {}).items()},
             "gateway_src": str(gateway_src) if gateway_src else None,
+            "workers": workers,
         },
         "rows": rows,
     }
@@ -342,6 +352,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="also a bare uvicorn relay (deploy/bench/floor.py): the floor of a Python gateway",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also this gateway as N uvicorn worker processes on one port (label workersN): "
+        "what more processes buy on this machine; tutor serve itself runs one",
+    )
     p.add_argument("--out", type=Path, help=f"JSON report (default {REPORTS}/overhead.json)")
     a = p.parse_args(argv)
     install_cleanup()
@@ -359,6 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             baselines=dict(_labelled(b) for b in a.baseline_src),
             gateway_src=a.gateway_src,
             floor=a.floor,
+            workers=a.workers,
         )
     finally:
         stop_all()

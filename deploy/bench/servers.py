@@ -53,6 +53,7 @@ def start_gateway(
     scratch: Path | None = None,
     src: Path | None = None,
     name: str = "gateway",
+    workers: int = 1,
 ) -> Group:
     """The gateway exactly as `tutor serve` runs it (uvicorn, uvloop, httptools), minus the UI.
 
@@ -60,6 +61,11 @@ def start_gateway(
     a benchmark never touches the real registry. ``src``: run the gateway from another checkout
     of the repository (``git archive <commit> | tar -x -C DIR``), to compare two versions side by
     side; its modules shadow the editable install because the working directory comes first.
+
+    ``workers`` > 1: the same app under uvicorn's own supervisor, that many processes sharing the
+    port, which `tutor serve` refuses (each would keep its own limits, metrics and view of the
+    adapters in vLLM). For measuring what more processes would buy in front of an upstream that
+    loads no adapters; the benchmark sends no keys and reads no metrics.
     """
     scratch = scratch or scratch_dir("gateway")
     full = {
@@ -84,6 +90,12 @@ def start_gateway(
         "--log-level",
         log_level,
     ]
+    if workers > 1:
+        cmd = [
+            *(sys.executable, "-m", "uvicorn", "server.app:create_app", "--factory"),
+            *("--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)),
+            *("--log-level", log_level, "--no-access-log"),
+        ]
     g = Group(name, cmd, env=full, log=logs_dir() / f"gateway-{port}.log", cwd=where)
     wait_ready(f"http://127.0.0.1:{port}/health", g, timeout)
     return g

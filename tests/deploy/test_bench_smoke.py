@@ -159,11 +159,13 @@ def _expected_requests() -> dict[int, int]:
 def overhead(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """One overhead run against the fake upstream with the floor relay, one round, tiny counts;
-    the finished process and the JSON report it was told to write."""
+    """One overhead run against the fake upstream with the floor relay and the gateway as two
+    worker processes, one round, tiny counts; the finished process and the JSON report it was
+    told to write."""
     out = tmp_path_factory.mktemp("overhead") / "overhead.json"
     args = ["--upstreams", "fake", "--quick", "--scale", str(OVERHEAD_SCALE), "--rounds", "1"]
-    done = _run("deploy.bench.overhead", *args, "--out", str(out), "--floor", timeout=120)
+    args += ["--floor", "--workers", "2"]
+    done = _run("deploy.bench.overhead", *args, "--out", str(out), timeout=120)
     return done, out
 
 
@@ -179,16 +181,18 @@ def test_overhead_quick_against_the_fake_upstream_prints_every_row(
     for column in ("+p50 ms", "+p99 ms", "+TTFT p50", "rps gw/direct", "failed"):
         assert column in header
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
-    # the gateway and the bare relay (the floor of a Python gateway), each in every cell
+    # the gateway, the bare relay (the floor of a Python gateway) and the gateway as two
+    # processes, each in every cell
     assert sorted((c[1], c[2], int(c[3])) for c in cells) == sorted(
         (who, mode, conc)
-        for who in ("floor", "gateway")
+        for who in ("floor", "gateway", "workers2")
         for mode in ("nonstream", "stream")
         for conc in (1, 8, 32)
     )
     assert all(c[0] == "fake" and c[-1] == "0" for c in cells)  # no failed request
     report = json.loads(out.read_text())
-    assert len(report["rows"]) == 12
+    assert len(report["rows"]) == 18
+    assert report["settings"]["workers"] == 2
     for row in report["rows"]:
         assert row["failed"] == 0 and row["direct"]["n"] > 0 and row["through"]["n"] > 0
         assert row["through"]["gateway_cpu_ms_per_request"] is not None
@@ -206,7 +210,7 @@ def test_overhead_table_and_report_hold_sane_figures(
     sent = _expected_requests()  # one round: each run sends exactly its plan
     assert f"wrote {out}" in done.stdout
     [table] = _tables(done.stdout)
-    assert len(table) == 2 * len(FAKE_MODES) * len(FAKE_CONCURRENCY)
+    assert len(table) == 3 * len(FAKE_MODES) * len(FAKE_CONCURRENCY)
     for row in table:
         conc = int(row["conc"])
         assert row["n"] == f"{sent[conc]}/{sent[conc]}", row
@@ -273,7 +277,7 @@ def test_chart_draws_every_fake_upstream_panel_from_the_overhead_report(
 
     report = json.loads(report_path.read_text())
     lines = series([report], "fake")
-    assert set(lines) == {(v, m) for v in ("after", "floor") for m in FAKE_MODES}
+    assert set(lines) == {(v, m) for v in ("after", "floor", "workers2") for m in FAKE_MODES}
     for (version, mode), points in lines.items():
         label = "gateway" if version == "after" else version
         assert points == sorted(
