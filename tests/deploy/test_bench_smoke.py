@@ -331,10 +331,13 @@ def test_profile_quick_samples_the_gateway_in_front_of_the_fake_upstream(tmp_pat
     assert all(0 < share <= 1 for share in result["functions"].values())
     summary = re.search(r"smoke: (\d+) requests in 6 s \((\d+)/s, failed (\d+)\)", done.stdout)
     assert summary and int(summary[1]) == result["requests"] and summary[3] == "0", done.stdout
-    components, functions = _tables(done.stdout)
+    components, functions, own = _tables(done.stdout)
     assert {row["component"] for row in components} == set(result["components"])
     assert len(functions) == len(result["functions"]) > 0
-    for row in (*components, *functions):
+    # the project's own frames by inclusive share: the report's first 20, each a project file
+    assert [row["function"] for row in own] == list(result["own_inclusive"])[:20]
+    assert own and all(re.search(r"\((server|adapters|common)/", row["function"]) for row in own)
+    for row in (*components, *functions, *own):
         assert 0 < _number(row["share"].removesuffix("%")) <= 100, row
     assert not (REPO / "reports" / "bench" / "profile-smoke-stream.json").exists()
 
