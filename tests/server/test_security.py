@@ -11,7 +11,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -272,6 +273,27 @@ class _HeldUpstream:
         )
 
 
+@contextmanager
+def _gateway_before_held_upstream() -> Iterator[tuple[_HeldUpstream, str]]:
+    """A gateway (the openai engine, one generation per variant, a 0.3 s queue) in front of a
+    ``_HeldUpstream``; yields the upstream and the gateway's URL. The upstream is released
+    before the servers stop, whatever failed, so no held stream outlives the test."""
+    upstream = _HeldUpstream()
+    with running_server(upstream.app()) as up:
+        settings = Settings(
+            engine="openai",
+            model=upstream.MODEL,
+            upstream_url=f"{up}/v1",
+            variant_concurrency=1,
+            variant_queue_timeout=0.3,
+        )
+        with running_server(create_app(settings)) as url:
+            try:
+                yield upstream, url
+            finally:
+                upstream.release()
+
+
 def test_a_busy_variant_gets_429_and_does_not_starve_the_others() -> None:
     """Variant quota (one generation per variant, 0.3 s queue): while a tutor-zh-l2 stream is
     held open by the upstream, exactly the second tutor-zh-l2 request is refused, after its
@@ -284,59 +306,45 @@ def test_a_busy_variant_gets_429_and_does_not_starve_the_others() -> None:
     in-process transformers engine serves one request at a time by design, so this runs the
     real openai engine in front of an upstream that holds the stream until told: no step waits
     on a model or on a client timeout (the old version waited ~40 s for the tiny model)."""
-    upstream = _HeldUpstream()
     body = {"messages": LEARNER, "max_tokens": 2}
-    with running_server(upstream.app()) as up:
-        settings = Settings(
-            engine="openai",
-            model=upstream.MODEL,
-            upstream_url=f"{up}/v1",
-            variant_concurrency=1,
-            variant_queue_timeout=0.3,
-        )
-        with running_server(create_app(settings)) as url:
-            chat = f"{url}/v1/chat/completions"
-            try:
-                long = {**body, "model": "tutor-zh-l2", "stream": True}
-                with httpx.stream("POST", chat, json=long, timeout=10) as s:
-                    assert s.status_code == 200
-                    lines = (x for x in s.iter_lines() if x.startswith("data: "))
-                    while '"Hola"' not in next(lines):  # the word before the upstream holds
-                        pass
-                    assert upstream.held == 1
+    with _gateway_before_held_upstream() as (upstream, url):
+        chat = f"{url}/v1/chat/completions"
+        long = {**body, "model": "tutor-zh-l2", "stream": True}
+        with httpx.stream("POST", chat, json=long, timeout=10) as s:
+            assert s.status_code == 200
+            lines = (x for x in s.iter_lines() if x.startswith("data: "))
+            while '"Hola"' not in next(lines):  # the word before the upstream holds
+                pass
+            assert upstream.held == 1
 
-                    start = time.monotonic()
-                    r = httpx.post(chat, json={**body, "model": "tutor-zh-l2"}, timeout=10)
-                    waited = time.monotonic() - start
-                    err = _error(r, 429)
-                    assert err == {
-                        "message": "tutor-zh-l2 is busy (1 requests running); try again shortly",
-                        "type": "rate_limit_error",
-                        "param": None,
-                        "code": "variant_busy",
-                    }
-                    assert r.headers["retry-after"] == "1"
-                    assert waited >= 0.3  # it queued for its 0.3 s before the refusal
+            start = time.monotonic()
+            r = httpx.post(chat, json={**body, "model": "tutor-zh-l2"}, timeout=10)
+            waited = time.monotonic() - start
+            err = _error(r, 429)
+            assert err == {
+                "message": "tutor-zh-l2 is busy (1 requests running); try again shortly",
+                "type": "rate_limit_error",
+                "param": None,
+                "code": "variant_busy",
+            }
+            assert r.headers["retry-after"] == "1"
+            assert waited >= 0.3  # it queued for its 0.3 s before the refusal
 
-                    other = httpx.post(
-                        chat, json={**body, "model": "tutor-es-heritage"}, timeout=10
-                    )
-                    assert other.status_code == 200, other.text
-                    assert other.headers["x-tutor-variant"] == "tutor-es-heritage"
-                    assert other.json()["choices"][0]["message"]["content"] == "Hola"
-                    assert upstream.held == 1  # answered while tutor-zh-l2 still generates
+            other = httpx.post(chat, json={**body, "model": "tutor-es-heritage"}, timeout=10)
+            assert other.status_code == 200, other.text
+            assert other.headers["x-tutor-variant"] == "tutor-es-heritage"
+            assert other.json()["choices"][0]["message"]["content"] == "Hola"
+            assert upstream.held == 1  # answered while tutor-zh-l2 still generates
 
-                    upstream.release()
-                    rest = list(lines)
-            finally:
-                upstream.release()  # before the servers stop, whatever failed
-            assert rest[-1] == "data: [DONE]"
-            finish = [c["finish_reason"] for x in rest[:-1] for c in json.loads(x[6:])["choices"]]
-            assert finish[-1] == "stop"
-            # the stream has ended: its slot is free, the same request is served now
-            again = httpx.post(chat, json={**body, "model": "tutor-zh-l2"}, timeout=10)
-            assert again.status_code == 200, again.text
-            assert again.headers["x-tutor-variant"] == "tutor-zh-l2"
+            upstream.release()
+            rest = list(lines)
+        assert rest[-1] == "data: [DONE]"
+        finish = [c["finish_reason"] for x in rest[:-1] for c in json.loads(x[6:])["choices"]]
+        assert finish[-1] == "stop"
+        # the stream has ended: its slot is free, the same request is served now
+        again = httpx.post(chat, json={**body, "model": "tutor-zh-l2"}, timeout=10)
+        assert again.status_code == 200, again.text
+        assert again.headers["x-tutor-variant"] == "tutor-zh-l2"
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_upstream_request_at_once() -> None:
@@ -347,34 +355,22 @@ def test_a_client_that_leaves_mid_stream_frees_its_upstream_request_at_once() ->
     on for its 60 s), one that keeps the variant's only slot, and one that counts the request
     as ok. The openai engine in front of ``_HeldUpstream``: the upstream's own disconnect
     listener drops ``held`` to 0 when the gateway's connection to it closes."""
-    upstream = _HeldUpstream()
     body = {"messages": LEARNER, "max_tokens": 2, "model": "tutor-zh-l2"}
-    with running_server(upstream.app()) as up:
-        settings = Settings(
-            engine="openai",
-            model=upstream.MODEL,
-            upstream_url=f"{up}/v1",
-            variant_concurrency=1,
-            variant_queue_timeout=0.3,
-        )
-        with running_server(create_app(settings)) as url:
-            chat = f"{url}/v1/chat/completions"
-            try:
-                with httpx.stream("POST", chat, json={**body, "stream": True}, timeout=10) as s:
-                    lines = (x for x in s.iter_lines() if x.startswith("data: "))
-                    while '"Hola"' not in next(lines):
-                        pass
-                    assert upstream.held == 1
-                # the connection is closed here, with the upstream still holding
-                deadline = time.monotonic() + 5
-                while upstream.held:
-                    assert time.monotonic() < deadline, "the upstream request outlived the client"
-                    time.sleep(0.02)
-                again = httpx.post(chat, json=body, timeout=10)  # the one slot is free again
-                assert again.status_code == 200, again.text
-                metrics = httpx.get(f"{url}/metrics").text
-            finally:
-                upstream.release()
+    with _gateway_before_held_upstream() as (upstream, url):
+        chat = f"{url}/v1/chat/completions"
+        with httpx.stream("POST", chat, json={**body, "stream": True}, timeout=10) as s:
+            lines = (x for x in s.iter_lines() if x.startswith("data: "))
+            while '"Hola"' not in next(lines):
+                pass
+            assert upstream.held == 1
+        # the connection is closed here, with the upstream still holding
+        deadline = time.monotonic() + 5
+        while upstream.held:
+            assert time.monotonic() < deadline, "the upstream request outlived the client"
+            time.sleep(0.02)
+        again = httpx.post(chat, json=body, timeout=10)  # the one slot is free again
+        assert again.status_code == 200, again.text
+        metrics = httpx.get(f"{url}/metrics").text
     assert 'tutor_requests_total{status="cancelled",variant="tutor-zh-l2"} 1.0' in metrics
     assert 'tutor_requests_total{status="ok",variant="tutor-zh-l2"} 1.0' in metrics
 
