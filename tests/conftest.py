@@ -91,8 +91,10 @@ def lora_gateway(
         yield url
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_settings(tutor_home: Path, tiny_path: Path) -> Settings:
+    """The tiny model on the transformers engine: the plain gateway most tests serve. One for
+    the session (nothing changes a Settings), so module fixtures can use it too."""
     return Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
 
 

@@ -228,15 +228,14 @@ def test_the_key_file_is_read_again_when_it_changes(tutor_home, tiny_path, tmp_p
 
 
 @pytest.mark.parametrize("engine", ["openai", "vllm"])
-def test_the_request_id_reaches_the_upstream(engine, tutor_home, tiny_path, caplog):
+def test_the_request_id_reaches_the_upstream(engine, tiny_settings, caplog):
     """A gateway in front of another gateway of ours: the upstream's log line for the forwarded
     request has the client's id. With ``engine=vllm`` the front treats the upstream as a remote
     vLLM (which names its request after the same X-Request-Id header); it once rebuilt the
     request for vLLM without its headers, so the id stopped at the gateway. The base model, as
     the upstream here cannot load adapters the vLLM way."""
     caplog.set_level(logging.INFO, logger="tutor.access")
-    upstream = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
-    with running_server(create_app(upstream)) as up:
+    with running_server(create_app(tiny_settings)) as up:
         front = Settings(
             engine=engine,
             model="tiny-qwen3",

@@ -80,7 +80,7 @@ def _what_open_webui_0_12_4_shows(sse: str) -> tuple[str, list[dict]]:
     return "".join(text), errors
 
 
-def test_an_error_mid_stream_reaches_the_open_webui_user_as_text(tutor_home, tiny_path):
+def test_an_error_mid_stream_reaches_the_open_webui_user_as_text(tiny_settings, tiny_path):
     """Open WebUI's recorded streaming request against an engine that fails after two deltas:
     the status was 200 with the first token, so the failure comes in-band, as an error chunk
     Open WebUI shows in the chat (its message, as text), after the text so far and before
@@ -91,9 +91,8 @@ def test_an_error_mid_stream_reaches_the_open_webui_user_as_text(tutor_home, tin
     recorded = next(r for r in _requests() if (r["body"] or {}).get("stream"))
     body = {**recorded["body"], "model": "tutor-es-l2", "max_tokens": 12, "temperature": 1.0}
     headers = {k: v for k, v in recorded["headers"].items() if k.lower() != "content-length"}
-    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
     engine = FaultInjectingEngine(TransformersEngine(str(tiny_path)), fail_after=2)
-    with running_server(create_app(settings, engine=engine)) as url:
+    with running_server(create_app(tiny_settings, engine=engine)) as url:
         r = httpx.post(f"{url}{recorded['path']}", json=body, headers=headers, timeout=60)
         assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
         text, errors = _what_open_webui_0_12_4_shows(r.text)

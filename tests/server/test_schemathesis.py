@@ -43,9 +43,8 @@ def api_schema(tutor_home, tiny_path):
 
 
 @pytest.fixture(scope="module")
-def unicode_server(tutor_home, tiny_path):
-    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
-    with running_server(create_app(settings)) as url:
+def unicode_server(tiny_settings):
+    with running_server(create_app(tiny_settings)) as url:
         yield url
 
 

@@ -516,9 +516,8 @@ def test_header_injection_is_refused_by_the_http_layer(keyed):
     assert httpx.get(f"{url}/health").status_code == 200
 
 
-def test_client_disconnect_cancels_generation(tutor_home, tiny_path):
-    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
-    with running_server(create_app(settings)) as url:
+def test_client_disconnect_cancels_generation(tiny_settings):
+    with running_server(create_app(tiny_settings)) as url:
         body = {
             "model": "tutor",
             "messages": LEARNER,

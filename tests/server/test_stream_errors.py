@@ -55,10 +55,9 @@ def _events(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def faulty(tiny_path, tutor_home):
-    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
+def faulty(tiny_path, tiny_settings):
     engine = FaultInjectingEngine(TransformersEngine(str(tiny_path)), fail_after=2)
-    with running_server(create_app(settings, engine=engine)) as url:
+    with running_server(create_app(tiny_settings, engine=engine)) as url:
         yield url
 
 

@@ -20,11 +20,11 @@ LEARNER = [{"role": "user", "content": "Yesterday I go to the store."}]
 TRACE, PARENT = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
 
-def test_one_learner_turn_is_one_trace(tutor_home, tiny_path):
+def test_one_learner_turn_is_one_trace(tiny_settings):
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    upstream = create_app(Settings(home=tutor_home, model="tiny-qwen3", engine="transformers"))
+    upstream = create_app(tiny_settings)
     tracing.instrument(upstream, provider)
     with running_server(upstream) as up:
         front = create_app(

@@ -28,9 +28,8 @@ HELLO = [{"role": "user", "content": "Hello! I am learn English."}]
 
 
 @pytest.fixture(scope="module")
-def gateway(tutor_home, tiny_path) -> Iterator[str]:
-    settings = Settings(home=tutor_home, model="tiny-qwen3", engine="transformers")
-    with running_server(create_app(settings)) as url:
+def gateway(tiny_settings) -> Iterator[str]:
+    with running_server(create_app(tiny_settings)) as url:
         yield url
 
 
