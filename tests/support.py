@@ -29,6 +29,18 @@ from common.net import free_port
 from common.paths import REPO
 
 
+def stop_process(proc: subprocess.Popen, *, timeout: float = 20.0) -> None:
+    """SIGTERM a child and wait for it; SIGKILL it if it is still there after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def kill_9_after(code: str, *args: str, after: float) -> None:
     """Run ``code`` in a child Python from the repository, wait until it prints ``ready``, let
     it write for ``after`` seconds, then SIGKILL it: the crash an atomic write must survive."""
@@ -290,13 +302,7 @@ def start_redis(
         if proc.poll() is None and _redis_pings(at):
 
             def stop(proc: subprocess.Popen = proc) -> None:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop_process(proc, timeout=10)
 
             return f"redis://127.0.0.1:{at}/0", stop
         if proc.poll() is None:

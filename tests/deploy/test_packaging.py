@@ -28,6 +28,7 @@ from packaging.utils import canonicalize_name
 
 from common.net import free_port
 from common.paths import REPO
+from tests.support import stop_process
 
 LOCKS = REPO / "requirements"
 DIST = "recast-tutor"
@@ -274,5 +275,4 @@ def test_a_gateway_only_install_serves_a_chat_over_an_openai_upstream(
         assert reply.choices[0].finish_reason == direct["finish_reason"]
     finally:
         for proc in (gateway, upstream):
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_process(proc, timeout=30)

@@ -20,7 +20,7 @@ import pytest
 from common.paths import REPO
 from common.settings import Settings
 from server.app import create_app
-from tests.support import free_port, running_server
+from tests.support import free_port, running_server, stop_process
 from ui.client import DEFAULT_VARIANTS, ReplyInfo, TutorClient, api_base, friendly_error
 from ui.tutor_app import corrections_markdown, pick_variant
 
@@ -186,15 +186,6 @@ def _run(args: list[str], **env: str) -> subprocess.Popen:
     )
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_ui_app_serves_the_page(gateway) -> None:
     """What `tutor ui` runs: the page alone at /, configured for the gateway."""
     from ui.tutor_app import create_ui_app
@@ -244,4 +235,4 @@ def test_serve_mounts_the_ui_and_starts_without_torch(gateway) -> None:
         assert [m["role"] for m in shown] == ["user", "assistant"]
         assert "Answered by `tutor`" in info
     finally:
-        _stop(proc)
+        stop_process(proc)
