@@ -9,7 +9,7 @@ the side each record falls on.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import yaml
@@ -62,6 +62,15 @@ def course_learner(course: str) -> str:
 # -- loaders -----------------------------------------------------------------------------------
 
 
+def _changed_first(utterance: str, refs: Iterable[str]) -> tuple[str, ...]:
+    """A sentence's references once each, in order and without empty ones, those that change
+    it first: the first is the edit its category, and every probe, reads."""
+    corrections = list(dict.fromkeys(r for r in refs if r))
+    return tuple(
+        [c for c in corrections if c != utterance] + [c for c in corrections if c == utterance]
+    )
+
+
 def load_jfleg(root: Path) -> list[ErrorRecord]:
     """JFLEG dev: 754 English sentences, four fluency corrections each (CC BY-NC-SA 4.0)."""
     base = root / "jfleg" / "dev"
@@ -70,13 +79,7 @@ def load_jfleg(root: Path) -> list[ErrorRecord]:
     out = []
     for i, line in enumerate(src):
         utterance = detokenize_en(line)
-        corrections: list[str] = []
-        for ref in refs:
-            c = detokenize_en(ref[i])
-            if c and c not in corrections:
-                corrections.append(c)
-        changed = [c for c in corrections if c != utterance]
-        ordered = tuple(changed + [c for c in corrections if c == utterance])
+        ordered = _changed_first(utterance, (detokenize_en(ref[i]) for ref in refs))
         out.append(
             ErrorRecord(
                 id=f"jfleg-{i:04d}",
@@ -127,13 +130,8 @@ def load_mucgec(root: Path) -> list[ErrorRecord]:
         parts = [p.strip() for p in line.split("\t")]
         if len(parts) < 3 or not parts[1]:
             continue
-        rid, source, refs = parts[0], parts[1], [p for p in parts[2:] if p]
-        corrections: list[str] = []
-        for r in refs:
-            if r not in corrections:
-                corrections.append(r)
-        changed = [c for c in corrections if c != source]
-        ordered = tuple(changed + [c for c in corrections if c == source])
+        rid, source = parts[0], parts[1]
+        ordered = _changed_first(source, parts[2:])
         out.append(
             ErrorRecord(
                 id=f"mucgec-{rid}",
